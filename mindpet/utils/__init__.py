@@ -1,0 +1,1 @@
+"""Pieces shared by every delta cell: validation, dtypes, activations, shard strategies, logging."""

@@ -1,0 +1,33 @@
+"""Packaging for mindpet, parameter-efficient fine-tuning for MindSpore."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "mindpet" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="mindpet",
+    version=VERSION,
+    description="Parameter-efficient fine-tuning (LoRA, adapters, prefixes, BitFit) for MindSpore 2.10",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["mindpet", "mindpet.*"]),
+    install_requires=[
+        "mindspore==2.10.0",
+        # MindSpore 2.10 is built against NumPy 1.x; with 2.x its first PyNative op raises SystemError.
+        "numpy>=1.22,<2",
+    ],
+    extras_require={
+        "yaml": ["pyyaml>=5.1"],
+        "test": ["pytest>=7", "pyyaml>=5.1"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
