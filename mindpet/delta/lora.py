@@ -1,0 +1,203 @@
+"""LoRA: low-rank adaptation of a Dense layer (Hu et al., 2021)."""
+import math
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+from mindspore import dtype as mstype
+from mindspore.common.initializer import HeUniform
+from mindspore.ops import operations as P
+
+from mindpet.delta.dense_core import DenseCore
+from mindpet.utils.logger import logger
+from mindpet.utils.naming import delta_attr_name
+from mindpet.utils.param_init import make_parameter
+from mindpet.utils.shard import shard_op
+from mindpet.utils.validation import check_nonzero_number, check_positive_int, check_rate
+
+LORA_A = delta_attr_name("lora", "a")
+LORA_B = delta_attr_name("lora", "b")
+_DEFAULT_LORA_A_INIT = HeUniform(negative_slope=math.sqrt(5))
+
+
+class LoRADense(DenseCore):
+    r"""A Dense layer with a trainable low-rank update, a drop-in replacement for ``nn.Dense``.
+
+    .. math::
+        y = \mathrm{activation}\left(x W^T + b + \frac{lora\_alpha}{lora\_rank}\,
+            \mathrm{dropout}(x)\, A^T B^T\right)
+
+    ``W`` (``weight``) and ``b`` (``bias``) keep ``nn.Dense``'s names and shapes, so a pretrained checkpoint of
+    the unmodified model loads unchanged. ``A`` (``mindpet_delta_lora_a``, shape ``(lora_rank, in_channels)``)
+    and ``B`` (``mindpet_delta_lora_b``, shape ``(out_channels, lora_rank)``) are the delta; ``B`` starts at zero,
+    so a fresh cell computes exactly what the Dense layer it replaces computed.
+
+    :meth:`merge` folds the update into ``weight`` for inference and :meth:`unmerge` takes it out again. The
+    branch's scale lives in the non-trainable Parameter ``lora_branch_scale`` (``lora_alpha / lora_rank``
+    unmerged, 0 merged), so a graph compiled before a merge stays correct after it.
+
+    Args:
+        in_channels (int): size of the last input dimension.
+        out_channels (int): size of the last output dimension.
+        lora_rank (int): rank of the update, the rows of ``A`` and columns of ``B``.
+        lora_alpha (Union[int, float]): scale numerator; the update is multiplied by ``lora_alpha / lora_rank``.
+            Must not be 0.
+        lora_dropout (float): dropout rate applied to the branch input while training, in [0, 1). Default: 0.0.
+        lora_a_init (Union[Tensor, str, Initializer, numbers.Number]): ``A`` init.
+            Default: ``HeUniform(negative_slope=math.sqrt(5))``.
+        lora_b_init (Union[Tensor, str, Initializer, numbers.Number]): ``B`` init. Default: ``'zeros'``.
+        param_init_type (mindspore.dtype): dtype of all parameters, float32 or float16. Default: float32.
+        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+        weight_init (Union[Tensor, str, Initializer, numbers.Number]): ``weight`` init. Default: ``'normal'``.
+        bias_init (Union[Tensor, str, Initializer, numbers.Number]): ``bias`` init. Default: ``'zeros'``.
+        has_bias (bool): whether to add ``bias``. Default: ``True``.
+        activation (Union[str, Cell, Primitive, None]): activation applied last, e.g. ``'relu'`` or
+            ``nn.ReLU()``. Default: ``None``.
+
+    Inputs:
+        - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
+
+    Outputs:
+        Tensor of shape :math:`(*, out\_channels)` and the dtype of ``x``.
+
+    Raises:
+        TypeError: ``in_channels``, ``out_channels`` or ``lora_rank`` is not an int; ``lora_alpha`` is not an int
+            or float; ``lora_dropout`` is not a float; ``has_bias`` is not a bool; ``activation`` is not a str,
+            Cell, Primitive or None; ``param_init_type`` or ``compute_dtype`` is not float16 or float32.
+        ValueError: ``in_channels``, ``out_channels`` or ``lora_rank`` is <= 0; ``lora_alpha`` is 0;
+            ``lora_dropout`` is outside [0, 1); an init Tensor has the wrong shape.
+        ActivationNotFoundError: ``activation`` is an unknown name (a ValueError and a KeyError).
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindpet.delta import LoRADense
+        >>> dense = LoRADense(in_channels=8, out_channels=4, lora_rank=2, lora_alpha=4,
+        ...                   compute_dtype=ms.float32)
+        >>> x = ms.Tensor(np.ones((3, 5, 8)), ms.float32)
+        >>> dense(x).shape
+        (3, 5, 4)
+    """
+
+    def __init__(self, in_channels, out_channels, lora_rank, lora_alpha, lora_dropout=0.0,
+                 lora_a_init=_DEFAULT_LORA_A_INIT, lora_b_init="zeros", param_init_type=mstype.float32,
+                 compute_dtype=mstype.float16, weight_init="normal", bias_init="zeros", has_bias=True,
+                 activation=None):
+        super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init,
+                         has_bias=has_bias, activation=activation, param_init_type=param_init_type,
+                         compute_dtype=compute_dtype)
+        owner = type(self).__name__
+        self.lora_rank = check_positive_int(lora_rank, "lora_rank", owner)
+        self.lora_alpha = check_nonzero_number(lora_alpha, "lora_alpha", owner)
+        self.lora_dropout_rate = check_rate(lora_dropout, "lora_dropout", owner)
+        self.scaling = self.lora_alpha / self.lora_rank
+
+        setattr(self, LORA_A, make_parameter(lora_a_init, (self.lora_rank, self.in_channels), param_init_type,
+                                             LORA_A, "lora_a_init", owner))
+        setattr(self, LORA_B, make_parameter(lora_b_init, (self.out_channels, self.lora_rank), param_init_type,
+                                             LORA_B, "lora_b_init", owner))
+        self.lora_branch_scale = Parameter(Tensor(self.scaling, mstype.float32), name="lora_branch_scale",
+                                           requires_grad=False)
+
+        self.lora_dropout = nn.Dropout(p=self.lora_dropout_rate)
+        self.lora_a_matmul = P.MatMul(transpose_b=True)
+        self.lora_b_matmul = P.MatMul(transpose_b=True)
+        self.lora_mul = P.Mul()
+        self.lora_add = P.Add()
+
+    def construct(self, x):
+        input_shape = x.shape
+        input_dtype = x.dtype
+        x = self._to_compute(x)
+        y = self._dense(x)
+        branch = self.lora_dropout(x)
+        branch = self.lora_a_matmul(branch, self._compute_param(self.mindpet_delta_lora_a))
+        branch = self.lora_b_matmul(branch, self._compute_param(self.mindpet_delta_lora_b))
+        branch = self.lora_mul(branch, self.cast(self.lora_branch_scale, self.compute_dtype))
+        y = self.lora_add(y, branch)
+        return self._from_compute(y, input_shape, input_dtype)
+
+    @property
+    def merged(self):
+        """Whether the low-rank update is currently folded into ``weight``."""
+        return float(self.lora_branch_scale.asnumpy()) == 0.0
+
+    def _delta_weight(self):
+        """``scaling * B A`` in float32."""
+        lora_a = getattr(self, LORA_A).asnumpy().astype(np.float32)
+        lora_b = getattr(self, LORA_B).asnumpy().astype(np.float32)
+        return np.float32(self.scaling) * (lora_b @ lora_a)
+
+    def _add_to_weight(self, delta):
+        weight = self.weight.asnumpy().astype(np.float32) + delta
+        self.weight.set_data(Tensor(weight, self.weight.dtype))
+
+    def merge(self):
+        """Fold ``scaling * B A`` into ``weight`` (accumulated in float32) and switch the branch off.
+
+        The output stays the same (within float rounding). Call :meth:`unmerge` before training again: while
+        merged, ``A`` and ``B`` receive zero gradients. Merging a merged cell logs a warning and does nothing.
+
+        Returns:
+            The cell itself.
+        """
+        if self.merged:
+            logger.warning("%s is already merged; merge() did nothing.", self.cls_name)
+            return self
+        self._add_to_weight(self._delta_weight())
+        self.lora_branch_scale.set_data(Tensor(0.0, mstype.float32))
+        return self
+
+    def unmerge(self):
+        """Take ``scaling * B A`` out of ``weight`` again and switch the branch back on.
+
+        Unmerging a cell that is not merged logs a warning and does nothing.
+
+        Returns:
+            The cell itself.
+        """
+        if not self.merged:
+            logger.warning("%s is not merged; unmerge() did nothing.", self.cls_name)
+            return self
+        self._add_to_weight(-self._delta_weight())
+        self.lora_branch_scale.set_data(Tensor(self.scaling, mstype.float32))
+        return self
+
+    def shard(self, strategy_org_dense_matmul=None, strategy_org_bias_add=None, strategy_lora_dropout=None,
+              strategy_lora_a_matmul=None, strategy_lora_b_matmul=None, strategy_lora_mul=None,
+              strategy_lora_add=None, strategy_activation=None):
+        """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
+
+        Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
+        None leaves that operator to the framework. Inputs are 2-D (leading dimensions are flattened).
+
+        Args:
+            strategy_org_dense_matmul (tuple): ``x @ weight^T``, e.g. ``((dp, 1), (mp, 1))``.
+            strategy_org_bias_add (tuple): ``+ bias``, e.g. ``((dp, mp), (mp,))``.
+            strategy_lora_dropout (tuple): dropout on the branch input, e.g. ``((dp, 1),)``.
+            strategy_lora_a_matmul (tuple): ``x @ A^T``, e.g. ``((dp, 1), (1, 1))``.
+            strategy_lora_b_matmul (tuple): ``(x A^T) @ B^T``, e.g. ``((dp, 1), (mp, 1))``.
+            strategy_lora_mul (tuple): the branch times its scale (a scalar), e.g. ``((dp, mp), ())``.
+            strategy_lora_add (tuple): the Dense output plus the branch, e.g. ``((dp, mp), (dp, mp))``.
+            strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.
+
+        Returns:
+            The cell itself.
+
+        Raises:
+            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
+                for its operator, or a layout of the wrong length.
+        """
+        owner = type(self).__name__
+        self._shard_core(owner, ("strategy_org_dense_matmul", strategy_org_dense_matmul),
+                         ("strategy_org_bias_add", strategy_org_bias_add),
+                         ("strategy_activation", strategy_activation))
+        shard_op(self.lora_dropout.dropout, strategy_lora_dropout, "strategy_lora_dropout", owner, (2,))
+        shard_op(self.lora_a_matmul, strategy_lora_a_matmul, "strategy_lora_a_matmul", owner, (2, 2))
+        shard_op(self.lora_b_matmul, strategy_lora_b_matmul, "strategy_lora_b_matmul", owner, (2, 2))
+        shard_op(self.lora_mul, strategy_lora_mul, "strategy_lora_mul", owner, (2, 0))
+        shard_op(self.lora_add, strategy_lora_add, "strategy_lora_add", owner, (2, 2))
+        return self
+
+    def extend_repr(self):
+        return (f"{super().extend_repr()}, lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, "
+                f"lora_dropout={self.lora_dropout_rate}")

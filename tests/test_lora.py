@@ -1,0 +1,338 @@
+"""LoRADense against a NumPy reference of its formula, its errors, merge/unmerge and shard()."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mindpet.delta import LoRADense
+from mindpet.utils.activation import ActivationNotFoundError
+
+IN, OUT, RANK, ALPHA = 6, 5, 3, 4.0
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+REFERENCE_ACTIVATIONS = {None: lambda x: x, "gelu": gelu_tanh, "tanh_cell": np.tanh,
+                         "relu_primitive": lambda x: np.maximum(x, 0.0)}
+
+
+def make_activation(kind):
+    return {None: None, "gelu": "gelu", "tanh_cell": nn.Tanh(), "relu_primitive": ops.ReLU()}[kind]
+
+
+def random_weights(rng, has_bias=True):
+    weights = {"weight": rng.standard_normal((OUT, IN)).astype(np.float32) * 0.5,
+               "lora_a": rng.standard_normal((RANK, IN)).astype(np.float32) * 0.5,
+               "lora_b": rng.standard_normal((OUT, RANK)).astype(np.float32) * 0.5}
+    if has_bias:
+        weights["bias"] = rng.standard_normal(OUT).astype(np.float32)
+    return weights
+
+
+def build_lora(weights, **kwargs):
+    return LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, weight_init=Tensor(weights["weight"]),
+                     bias_init=Tensor(weights["bias"]) if "bias" in weights else "zeros",
+                     lora_a_init=Tensor(weights["lora_a"]), lora_b_init=Tensor(weights["lora_b"]),
+                     has_bias="bias" in weights, **kwargs)
+
+
+def reference(x, weights, activation=None):
+    """act(x W^T + b + alpha/r * x A^T B^T) in float64."""
+    x = x.astype(np.float64)
+    y = x @ weights["weight"].T + weights.get("bias", 0.0)
+    y = y + (ALPHA / RANK) * (x @ weights["lora_a"].T @ weights["lora_b"].T)
+    return REFERENCE_ACTIVATIONS[activation](y)
+
+
+CASES = [
+    # (input shape, compute dtype, has_bias, activation)
+    ((4, IN), ms.float32, True, None),
+    ((2, 3, IN), ms.float32, True, "gelu"),
+    ((2, 3, IN), ms.float32, False, "tanh_cell"),
+    ((2, 2, 2, IN), ms.float32, True, "relu_primitive"),
+    ((4, IN), ms.float16, True, "gelu"),
+    ((2, 3, IN), ms.float16, False, None),
+]
+
+
+@pytest.mark.parametrize("shape,compute_dtype,has_bias,activation", CASES)
+def test_matches_numpy_reference(mode, shape, compute_dtype, has_bias, activation):
+    rng = np.random.default_rng(1)
+    weights = random_weights(rng, has_bias)
+    cell = build_lora(weights, compute_dtype=compute_dtype, activation=make_activation(activation))
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = cell(Tensor(x))
+    expected = reference(x, weights, activation)
+    assert out.shape == shape[:-1] + (OUT,)
+    assert out.dtype == ms.float32
+    tolerance = 1e-5 if compute_dtype == ms.float32 else 2e-2
+    np.testing.assert_allclose(out.asnumpy(), expected, rtol=tolerance, atol=tolerance)
+    # The delta branch must matter for this check to mean anything.
+    without_delta = REFERENCE_ACTIVATIONS[activation](x @ weights["weight"].T + weights.get("bias", 0.0))
+    assert np.abs(expected - without_delta).max() > 0.1
+
+
+def test_output_keeps_input_dtype(mode):
+    weights = random_weights(np.random.default_rng(2))
+    cell = build_lora(weights, compute_dtype=ms.float32)
+    x = np.random.default_rng(3).standard_normal((2, IN)).astype(np.float16)
+    out = cell(Tensor(x))
+    assert out.dtype == ms.float16
+    np.testing.assert_allclose(out.asnumpy(), reference(x.astype(np.float32), weights), rtol=2e-2, atol=2e-2)
+
+
+def test_float16_parameters(mode):
+    weights = random_weights(np.random.default_rng(4))
+    cell = build_lora(weights, param_init_type=ms.float16, compute_dtype=ms.float32)
+    assert all(p.dtype == ms.float16 for p in cell.get_parameters() if p.name != "lora_branch_scale")
+    x = np.random.default_rng(5).standard_normal((3, IN)).astype(np.float32)
+    np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), reference(x, weights), rtol=1e-2, atol=1e-2)
+
+
+def test_fresh_cell_equals_the_dense_it_replaces(mode):
+    dense = nn.Dense(IN, OUT, activation="relu")
+    lora = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, activation="relu", compute_dtype=ms.float32,
+                     weight_init=Tensor(dense.weight.asnumpy()), bias_init=Tensor(dense.bias.asnumpy()))
+    assert not np.any(lora.mindpet_delta_lora_b.asnumpy())
+    assert np.any(lora.mindpet_delta_lora_a.asnumpy())
+    x = Tensor(np.random.default_rng(6).standard_normal((4, IN)).astype(np.float32))
+    np.testing.assert_allclose(lora(x).asnumpy(), dense(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_parameter_names_root_and_nested():
+    root = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA)
+    assert [p.name for p in root.get_parameters()] == [
+        "weight", "bias", "mindpet_delta_lora_a", "mindpet_delta_lora_b", "lora_branch_scale"]
+    assert root.mindpet_delta_lora_a.shape == (RANK, IN)
+    assert root.mindpet_delta_lora_b.shape == (OUT, RANK)
+    assert not root.lora_branch_scale.requires_grad
+
+    class Block(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.CellList([LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA)])
+
+        def construct(self, x):
+            return self.layers[0](x)
+
+    assert [p.name for p in Block().get_parameters()][:4] == [
+        "layers.0.weight", "layers.0.bias", "layers.0.mindpet_delta_lora_a", "layers.0.mindpet_delta_lora_b"]
+
+
+def test_dropout_applies_to_branch_only_while_training(mode):
+    weights = random_weights(np.random.default_rng(7))
+    cell = build_lora(weights, lora_dropout=0.5, compute_dtype=ms.float32)
+    x = np.random.default_rng(8).standard_normal((64, IN)).astype(np.float32)
+    cell.set_train(False)
+    np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), reference(x, weights), rtol=1e-5, atol=1e-5)
+    cell.set_train(True)
+    trained = cell(Tensor(x)).asnumpy()
+    assert np.abs(trained - reference(x, weights)).max() > 1e-3
+    # Dropout touches the branch input only: the Dense part is unchanged, so removing it leaves a pure
+    # low-rank term, which lies in the column space of B.
+    branch = trained - (x @ weights["weight"].T + weights["bias"])
+    residual = branch - branch @ np.linalg.pinv(weights["lora_b"].T) @ weights["lora_b"].T
+    assert np.abs(residual).max() < 1e-4
+
+
+class TestMerge:
+    def test_merged_forward_matches_unmerged_and_unmerge_restores(self, mode):
+        weights = random_weights(np.random.default_rng(9))
+        cell = build_lora(weights, compute_dtype=ms.float32, activation="gelu")
+        x = Tensor(np.random.default_rng(10).standard_normal((2, 3, IN)).astype(np.float32))
+        before = cell(x).asnumpy()
+        assert not cell.merged
+        assert cell.merge() is cell
+        assert cell.merged
+        expected_weight = weights["weight"] + (ALPHA / RANK) * weights["lora_b"] @ weights["lora_a"]
+        np.testing.assert_allclose(cell.weight.asnumpy(), expected_weight, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(cell(x).asnumpy(), before, rtol=1e-5, atol=1e-5)
+        assert cell.unmerge() is cell
+        assert not cell.merged
+        np.testing.assert_allclose(cell.weight.asnumpy(), weights["weight"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(cell(x).asnumpy(), before, rtol=1e-5, atol=1e-5)
+
+    def test_network_compiled_before_merge_stays_correct(self, graph_mode):
+        weights = random_weights(np.random.default_rng(11))
+        cell = build_lora(weights, compute_dtype=ms.float32)
+        net = nn.SequentialCell([cell, nn.ReLU()])
+        x = Tensor(np.random.default_rng(12).standard_normal((4, IN)).astype(np.float32))
+        before = net(x).asnumpy()
+        cell.merge()
+        np.testing.assert_allclose(net(x).asnumpy(), before, rtol=1e-5, atol=1e-5)
+        cell.unmerge()
+        np.testing.assert_allclose(net(x).asnumpy(), before, rtol=1e-5, atol=1e-5)
+
+    def test_merge_twice_and_unmerge_unmerged_warn_and_do_nothing(self, caplog):
+        cell = build_lora(random_weights(np.random.default_rng(13)))
+        with caplog.at_level(logging.WARNING, logger="mindpet"):
+            cell.unmerge()
+        assert "not merged" in caplog.text
+        cell.merge()
+        merged_weight = cell.weight.asnumpy().copy()
+        with caplog.at_level(logging.WARNING, logger="mindpet"):
+            cell.merge()
+        assert "already merged" in caplog.text
+        assert np.array_equal(cell.weight.asnumpy(), merged_weight)
+
+    def test_merged_state_travels_with_a_full_checkpoint(self, tmp_path):
+        weights = random_weights(np.random.default_rng(14))
+        cell = build_lora(weights, compute_dtype=ms.float32).merge()
+        path = str(tmp_path / "merged.ckpt")
+        ms.save_checkpoint(cell, path)
+        fresh = build_lora(random_weights(np.random.default_rng(15)), compute_dtype=ms.float32)
+        ms.load_param_into_net(fresh, ms.load_checkpoint(path))
+        assert fresh.merged
+        x = Tensor(np.random.default_rng(16).standard_normal((3, IN)).astype(np.float32))
+        np.testing.assert_allclose(fresh(x).asnumpy(), cell(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_pretrained_dense_checkpoint_loads_after_swap(mode, tmp_path):
+    class Model(nn.Cell):
+        def __init__(self, dense_cls, **kwargs):
+            super().__init__()
+            self.query = dense_cls(IN, OUT, **kwargs)
+            self.head = nn.Dense(OUT, 2)
+
+        def construct(self, x):
+            return self.head(self.query(x))
+
+    pretrained = Model(nn.Dense)
+    path = str(tmp_path / "pretrained.ckpt")
+    ms.save_checkpoint(pretrained, path)
+    swapped = Model(LoRADense, lora_rank=RANK, lora_alpha=ALPHA, compute_dtype=ms.float32)
+    not_loaded, unused = ms.load_param_into_net(swapped, ms.load_checkpoint(path))
+    assert sorted(not_loaded) == ["query.lora_branch_scale", "query.mindpet_delta_lora_a",
+                                  "query.mindpet_delta_lora_b"]
+    assert not unused
+    x = Tensor(np.random.default_rng(17).standard_normal((3, IN)).astype(np.float32))
+    np.testing.assert_allclose(swapped(x).asnumpy(), pretrained(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+class SumOfOutputs(nn.Cell):
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, x):
+        return self.cell(x).sum()
+
+
+def test_gradients_reach_both_lora_matrices(mode):
+    weights = random_weights(np.random.default_rng(18))
+    cell = build_lora(weights, compute_dtype=ms.float32)
+    x = Tensor(np.random.default_rng(19).standard_normal((4, IN)).astype(np.float32))
+    params = [cell.mindpet_delta_lora_a, cell.mindpet_delta_lora_b]
+    grads = ms.grad(SumOfOutputs(cell), grad_position=None, weights=params)(x)
+    assert all(np.abs(g.asnumpy()).max() > 0 for g in grads)
+    # d(sum y)/dA = scaling * B^T 1 x, a closed form to check against.
+    ones = np.ones((4, OUT), np.float32)
+    expected_grad_a = (ALPHA / RANK) * (ones @ weights["lora_b"]).T @ x.asnumpy()
+    np.testing.assert_allclose(grads[0].asnumpy(), expected_grad_a, rtol=1e-5, atol=1e-5)
+
+
+MANUAL_STRATEGIES = dict(
+    strategy_org_dense_matmul=((2, 1), (4, 1)), strategy_org_bias_add=((2, 4), (4,)),
+    strategy_lora_dropout=((2, 1),), strategy_lora_a_matmul=((2, 1), (1, 1)),
+    strategy_lora_b_matmul=((2, 1), (4, 1)), strategy_lora_mul=((2, 4), ()),
+    strategy_lora_add=((2, 4), (2, 4)), strategy_activation=((2, 4), (2, 4)))
+
+
+class TestShard:
+    def test_manual_example_is_accepted_and_changes_no_numbers(self, mode):
+        weights = random_weights(np.random.default_rng(20))
+        cell = build_lora(weights, compute_dtype=ms.float32, activation="relu")
+        assert cell.shard(**MANUAL_STRATEGIES) is cell
+        assert cell.lora_mul.in_strategy == ((2, 4), ())
+        assert cell.matmul.in_strategy == ((2, 1), (4, 1))
+        assert cell.activation.primitive.in_strategy == ((2, 4),)
+        x = np.random.default_rng(21).standard_normal((4, IN)).astype(np.float32)
+        np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), reference(x, weights, "relu_primitive"),
+                                   rtol=1e-5, atol=1e-5)
+
+    @pytest.mark.parametrize("activation", ["silu", "leakyrelu", "gelu", nn.ReLU()])
+    def test_activation_strategy_reaches_every_primitive(self, activation):
+        cell = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, activation=activation)
+        cell.shard(strategy_activation=((2, 4),))
+        primitives = [value for value in vars(cell.activation).values() if isinstance(value, ops.Primitive)]
+        assert primitives
+        for primitive in primitives:
+            assert primitive.in_strategy[0] == (2, 4)
+
+    @pytest.mark.parametrize("argument,strategy,expected", [
+        ("strategy_org_dense_matmul", ((2, 1),), "2 layout"),
+        ("strategy_org_dense_matmul", [(2, 1), (4, 1)], "tuple of tuples"),
+        ("strategy_lora_a_matmul", ((2, 1), (1, 0)), "tuple of tuples of positive ints"),
+        ("strategy_lora_b_matmul", ((2, 1, 1), (4, 1)), "length 2 for input 0"),
+        ("strategy_lora_mul", ((2, 4), (1,)), "length 0 for input 1"),
+        ("strategy_org_bias_add", ((2, 4), (4, 1)), "length 1 for input 1"),
+        ("strategy_lora_dropout", ((2, 1), (2, 1)), "1 layout"),
+        ("strategy_activation", ((2, 4), (1, 4)), "1 layout"),
+    ])
+    def test_malformed_strategy_names_the_argument(self, argument, strategy, expected):
+        cell = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, activation="relu")
+        with pytest.raises(ValueError, match=argument) as info:
+            cell.shard(**{argument: strategy})
+        assert expected in str(info.value)
+
+    def test_activation_strategy_without_activation(self):
+        cell = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA)
+        with pytest.raises(ValueError, match="strategy_activation"):
+            cell.shard(strategy_activation=((2, 4),))
+
+
+def _make(**overrides):
+    kwargs = dict(in_channels=IN, out_channels=OUT, lora_rank=RANK, lora_alpha=ALPHA)
+    kwargs.update(overrides)
+    return LoRADense(**kwargs)
+
+
+@pytest.mark.parametrize("overrides,error,argument", [
+    (dict(in_channels=2.0), TypeError, "in_channels"),
+    (dict(out_channels="5"), TypeError, "out_channels"),
+    (dict(lora_rank=True), TypeError, "lora_rank"),
+    (dict(in_channels=0), ValueError, "in_channels"),
+    (dict(out_channels=-1), ValueError, "out_channels"),
+    (dict(lora_rank=0), ValueError, "lora_rank"),
+    (dict(lora_alpha="16"), TypeError, "lora_alpha"),
+    (dict(lora_alpha=None), TypeError, "lora_alpha"),
+    (dict(lora_alpha=0), ValueError, "lora_alpha"),
+    (dict(lora_dropout="0.1"), TypeError, "lora_dropout"),
+    (dict(lora_dropout=1), TypeError, "lora_dropout"),
+    (dict(lora_dropout=1.0), ValueError, "lora_dropout"),
+    (dict(lora_dropout=-0.1), ValueError, "lora_dropout"),
+    (dict(has_bias=1), TypeError, "has_bias"),
+    (dict(activation=3), TypeError, "activation"),
+    (dict(param_init_type=ms.int32), TypeError, "param_init_type"),
+    (dict(compute_dtype=np.float32), TypeError, "compute_dtype"),
+    (dict(compute_dtype=ms.bfloat16), TypeError, "compute_dtype"),
+    (dict(lora_a_init=Tensor(np.zeros((RANK, IN + 1), np.float32))), ValueError, "lora_a_init"),
+    (dict(lora_a_init=Tensor(np.zeros((RANK,), np.float32))), ValueError, "lora_a_init"),
+    (dict(lora_b_init=Tensor(np.zeros((RANK, OUT), np.float32))), ValueError, "lora_b_init"),
+    (dict(weight_init=Tensor(np.zeros((IN, OUT), np.float32))), ValueError, "weight_init"),
+    (dict(bias_init=Tensor(np.zeros((OUT, 1), np.float32))), ValueError, "bias_init"),
+    (dict(weight_init="no_such_init"), ValueError, "weight_init"),
+    (dict(lora_b_init=[0.0]), TypeError, "lora_b_init"),
+])
+def test_bad_arguments(overrides, error, argument):
+    with pytest.raises(error, match=f"'{argument}'") as info:
+        _make(**overrides)
+    # The message shows what was received.
+    assert "but got" in str(info.value)
+
+
+def test_unknown_activation_is_both_value_and_key_error():
+    for caught in (ValueError, KeyError, ActivationNotFoundError):
+        with pytest.raises(caught, match="'activation' must be one of .* but got 'no_such_act'"):
+            _make(activation="no_such_act")
+
+
+def test_accepted_edge_values():
+    cell = _make(lora_dropout=0, lora_alpha=-2, activation="GELU", lora_b_init=0.5)
+    assert cell.scaling == pytest.approx(-2 / RANK)
+    assert np.allclose(cell.mindpet_delta_lora_b.asnumpy(), 0.5)
