@@ -142,3 +142,14 @@ def test_merged_trained_network_matches_and_unmerges(trained, task):
         layer.unmerge()
     for name, value in trained["after"].items():
         np.testing.assert_allclose(values(net)[name], value, rtol=1e-6, atol=1e-6)
+
+
+def test_loading_a_delta_into_a_merged_network_is_refused(trained, task):
+    fresh = lora_regressor()
+    ms.load_param_into_net(fresh, ms.load_checkpoint(task["base_ckpt"]))
+    freeze_delta(fresh, mode="lora")
+    fresh.encoder[1].merge()
+    with pytest.raises(ValueError, match=r"\['encoder.1'\] are merged; call unmerge\(\)"):
+        load_delta_checkpoint(fresh, trained["delta_file"])
+    fresh.encoder[1].unmerge()
+    assert load_delta_checkpoint(fresh, trained["delta_file"]).missing == []
