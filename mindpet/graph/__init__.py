@@ -1,5 +1,5 @@
 """Graph utilities: freezing parameters and saving or loading delta checkpoints."""
-import importlib
+from mindpet.utils.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "freeze_modules": "mindpet.graph.freeze_utils",
@@ -7,17 +7,8 @@ _EXPORTS = {
     "freeze_from_config": "mindpet.graph.freeze_utils",
     "TrainableParamsCheckPoint": "mindpet.graph.ckpt_util",
     "load_delta_checkpoint": "mindpet.graph.ckpt_util",
+    "DeltaLoadResult": "mindpet.graph.ckpt_util",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    # Lazy export: freezing does not need the checkpoint machinery and the reverse.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mindpet.graph' has no attribute '{name}'")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
