@@ -112,7 +112,10 @@ class LoRADense(DenseCore):
         branch = self.lora_dropout(x)
         branch = self.lora_a_matmul(branch, self._compute_param(self.mindpet_delta_lora_a))
         branch = self.lora_b_matmul(branch, self._compute_param(self.mindpet_delta_lora_b))
-        branch = self.lora_mul(branch, self.cast(self.lora_branch_scale, self.compute_dtype))
+        scale = self.lora_branch_scale
+        if self.compute_dtype != mstype.float32:
+            scale = self.cast(scale, self.compute_dtype)
+        branch = self.lora_mul(branch, scale)
         y = self.lora_add(y, branch)
         return self._from_compute(y, input_shape, input_dtype)
 
