@@ -11,7 +11,7 @@ _BFLOAT16_TARGETS = ("Ascend",)
 
 def check_float_dtype(value, arg_name, owner):
     """Return ``value`` if it is float16 or float32 (or bfloat16 on Ascend), else raise TypeError."""
-    if any(value is allowed or value == allowed for allowed in _PORTABLE_FLOAT_TYPES):
+    if value in _PORTABLE_FLOAT_TYPES:
         return value
     if value == mstype.bfloat16 and ms.get_context("device_target") in _BFLOAT16_TARGETS:
         return value
