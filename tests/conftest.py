@@ -1,7 +1,13 @@
-"""Shared fixtures: execution modes and deterministic seeds."""
+"""Shared fixtures: execution modes and deterministic seeds. The examples folder is importable from tests."""
+import os
+import sys
+
 import numpy as np
 import pytest
 import mindspore as ms
+
+# Tests exercise the example models (such as examples/tiny_decoder.py) that the docs point users to.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 

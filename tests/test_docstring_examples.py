@@ -9,7 +9,10 @@ import mindpet
 
 MODULES = sorted(info.name for info in pkgutil.walk_packages(mindpet.__path__, "mindpet."))
 # Public API modules must show at least one example.
-MODULES_WITH_EXAMPLES = {"mindpet.delta.lora", "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util"}
+MODULES_WITH_EXAMPLES = {
+    "mindpet.delta.lora", "mindpet.delta.adapter", "mindpet.delta.low_rank_adapter", "mindpet.delta.prefix_layer",
+    "mindpet.delta.ptuning2", "mindpet.delta.r_drop", "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util",
+}
 
 
 @pytest.mark.parametrize("module_name", MODULES)

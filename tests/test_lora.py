@@ -1,6 +1,5 @@
 """LoRADense against a NumPy reference of its formula, its errors, merge/unmerge and shard()."""
 import logging
-import math
 
 import numpy as np
 import pytest
@@ -9,15 +8,12 @@ from mindspore import Tensor, nn, ops
 
 from mindpet.delta import LoRADense
 from mindpet.utils.activation import ActivationNotFoundError
+from numpy_activations import REFERENCES
 
 IN, OUT, RANK, ALPHA = 6, 5, 3, 4.0
 
 
-def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-REFERENCE_ACTIVATIONS = {None: lambda x: x, "gelu": gelu_tanh, "tanh_cell": np.tanh,
+REFERENCE_ACTIVATIONS = {None: lambda x: x, "gelu": REFERENCES["gelu"], "tanh_cell": np.tanh,
                          "relu_primitive": lambda x: np.maximum(x, 0.0)}
 
 

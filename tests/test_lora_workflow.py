@@ -11,24 +11,10 @@ from mindspore.train import CheckpointConfig, Model, ModelCheckpoint
 
 from mindpet.delta import LoRADense
 from mindpet.graph import TrainableParamsCheckPoint, freeze_delta, load_delta_checkpoint
+from toy_models import IN, Regressor
 
-IN, HIDDEN, OUT, RANK = 8, 16, 2, 4
+RANK = 4
 SAMPLES, BATCH, EPOCHS = 256, 32, 12
-
-
-class Regressor(nn.Cell):
-    """Two hidden layers and a head; ``dense_cls`` is nn.Dense for the base model, LoRADense for fine-tuning."""
-
-    def __init__(self, dense_cls=nn.Dense, **dense_kwargs):
-        super().__init__()
-        self.encoder = nn.CellList([dense_cls(IN, HIDDEN, activation="tanh", **dense_kwargs),
-                                    dense_cls(HIDDEN, HIDDEN, activation="tanh", **dense_kwargs)])
-        self.head = nn.Dense(HIDDEN, OUT)
-
-    def construct(self, x):
-        for layer in self.encoder:
-            x = layer(x)
-        return self.head(x)
 
 
 def lora_regressor():

@@ -3,6 +3,14 @@ from mindpet.utils.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "LoRADense": "mindpet.delta.lora",
+    "AdapterLayer": "mindpet.delta.adapter",
+    "AdapterDense": "mindpet.delta.adapter",
+    "LowRankAdapterLayer": "mindpet.delta.low_rank_adapter",
+    "LowRankAdapterDense": "mindpet.delta.low_rank_adapter",
+    "PrefixLayer": "mindpet.delta.prefix_layer",
+    "PrefixEncoder": "mindpet.delta.ptuning2",
+    "RDropLoss": "mindpet.delta.r_drop",
+    "rdrop_repeat": "mindpet.delta.r_drop",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,21 +1,21 @@
 """The ``nn.Dense``-compatible core that every delta Dense cell extends."""
-from mindspore import nn
 from mindspore import dtype as mstype
 from mindspore.ops import operations as P
 
+from mindpet.delta.mixed_precision import MixedPrecisionCell
 from mindpet.utils.activation import build_activation, shard_activation
-from mindpet.utils.dtype import check_float_dtype
 from mindpet.utils.param_init import make_parameter
 from mindpet.utils.shard import shard_op
 from mindpet.utils.validation import check_bool, check_positive_int
 
 
-class DenseCore(nn.Cell):
+class DenseCore(MixedPrecisionCell):
     """``y = activation(x W^T + b)`` with ``nn.Dense``'s parameter names, so pretrained checkpoints load unchanged.
 
     Subclasses add a delta branch in ``construct`` using the helpers below: :meth:`_to_compute` flattens the
-    input to 2-D and casts it once to ``compute_dtype``, :meth:`_dense` applies the frozen weight and bias, and
-    :meth:`_from_compute` applies the activation, restores the leading dimensions and the input dtype.
+    input to 2-D and casts it once to ``compute_dtype``, :meth:`_dense` applies the frozen weight and bias,
+    :meth:`_activate` the activation, and :meth:`_restore` brings back the leading dimensions and the input
+    dtype.
 
     Args:
         in_channels (int): size of the last input dimension.
@@ -32,15 +32,11 @@ class DenseCore(nn.Cell):
 
     def __init__(self, in_channels, out_channels, weight_init="normal", bias_init="zeros", has_bias=True,
                  activation=None, param_init_type=mstype.float32, compute_dtype=mstype.float16):
-        super().__init__()
+        super().__init__(param_init_type, compute_dtype)
         owner = type(self).__name__
         self.in_channels = check_positive_int(in_channels, "in_channels", owner)
         self.out_channels = check_positive_int(out_channels, "out_channels", owner)
         self.has_bias = check_bool(has_bias, "has_bias", owner)
-        self.param_init_type = check_float_dtype(param_init_type, "param_init_type", owner)
-        self.compute_dtype = check_float_dtype(compute_dtype, "compute_dtype", owner)
-        # Parameters are cast on every call only when their dtype differs from the compute dtype.
-        self.cast_params = param_init_type != compute_dtype
 
         self.weight = make_parameter(weight_init, (self.out_channels, self.in_channels), param_init_type,
                                      "weight", "weight_init", owner)
@@ -52,22 +48,6 @@ class DenseCore(nn.Cell):
 
         self.matmul = P.MatMul(transpose_b=True)
         self.bias_add = P.BiasAdd()
-        self.cast = P.Cast()
-        self.reshape = P.Reshape()
-
-    def _compute_param(self, param):
-        """A parameter in the compute dtype."""
-        if self.cast_params:
-            return self.cast(param, self.compute_dtype)
-        return param
-
-    def _to_compute(self, x):
-        """Flatten ``(*, in_channels)`` to 2-D and cast it once to the compute dtype."""
-        if len(x.shape) != 2:
-            x = self.reshape(x, (-1, self.in_channels))
-        if x.dtype != self.compute_dtype:
-            x = self.cast(x, self.compute_dtype)
-        return x
 
     def _dense(self, x):
         """``x W^T + b`` on a 2-D input already in the compute dtype."""
@@ -76,14 +56,9 @@ class DenseCore(nn.Cell):
             y = self.bias_add(y, self._compute_param(self.bias))
         return y
 
-    def _from_compute(self, y, input_shape, input_dtype):
-        """Apply the activation, then restore the input's leading dimensions and dtype."""
+    def _activate(self, y):
         if self.activation_flag:
             y = self.activation(y)
-        if len(input_shape) != 2:
-            y = self.reshape(y, input_shape[:-1] + (self.out_channels,))
-        if y.dtype != input_dtype:
-            y = self.cast(y, input_dtype)
         return y
 
     def _shard_core(self, owner, matmul, bias_add, activation):

@@ -117,7 +117,7 @@ class LoRADense(DenseCore):
             scale = self.cast(scale, self.compute_dtype)
         branch = self.lora_mul(branch, scale)
         y = self.lora_add(y, branch)
-        return self._from_compute(y, input_shape, input_dtype)
+        return self._restore(self._activate(y), input_shape, input_dtype)
 
     @property
     def merged(self):

@@ -1,0 +1,120 @@
+"""What the bottleneck adapters share: a residual branch ``up(non_linearity(down(h)))`` added to its input.
+
+Houlsby adapters (:mod:`mindpet.delta.adapter`) and low-rank adapters (:mod:`mindpet.delta.low_rank_adapter`)
+differ only in how the down- and up-projection weights are formed. Each method subclasses
+:class:`BottleneckBranch` for the projections and :class:`ResidualAdapterLayer` / :class:`ResidualAdapterDense`
+for the public cells, which keep the branch under the attribute ``mindpet_delta_<method>``.
+"""
+from mindspore.ops import operations as P
+
+from mindpet.delta.dense_core import DenseCore
+from mindpet.delta.mixed_precision import MixedPrecisionCell
+from mindpet.utils.activation import build_activation, shard_activation
+from mindpet.utils.param_init import make_parameter
+from mindpet.utils.shard import shard_op
+from mindpet.utils.validation import check_str
+
+# The manual's own shard() example spells the residual strategy this way; accept it as an alias.
+RESIDUAL_ALIAS = "strategy_residential_add"
+
+
+class BottleneckBranch(MixedPrecisionCell):
+    """``up(non_linearity(down(h) + down_bias)) + up_bias`` on a 2-D input already in the compute dtype.
+
+    Subclasses create the projection weights and define :meth:`_down` (``(N, hidden) -> (N, bottleneck)``) and
+    :meth:`_up` (``(N, bottleneck) -> (N, hidden)``). The biases start at zero.
+
+    Args:
+        hidden_size (int): width of the input and output (already validated by the owner).
+        bottleneck_size (int): width between the projections (already validated by the owner).
+        non_linearity (str): activation name between the projections.
+        param_init_type (mindspore.dtype): dtype of the parameters.
+        compute_dtype (mindspore.dtype): dtype of the matmuls.
+        owner (str): the public cell named in error messages.
+    """
+
+    def __init__(self, hidden_size, bottleneck_size, non_linearity, param_init_type, compute_dtype, owner):
+        super().__init__(param_init_type, compute_dtype, owner)
+        self.hidden_size = hidden_size
+        self.bottleneck_size = bottleneck_size
+        self.non_linearity = build_activation(check_str(non_linearity, "non_linearity", owner),
+                                              "non_linearity", owner)
+        self.down_bias = make_parameter("zeros", (bottleneck_size,), param_init_type, "down_bias",
+                                        "down_bias", owner)
+        self.up_bias = make_parameter("zeros", (hidden_size,), param_init_type, "up_bias", "up_bias", owner)
+        self.down_bias_add = P.BiasAdd()
+        self.up_bias_add = P.BiasAdd()
+
+    def construct(self, h):
+        h = self.down_bias_add(self._down(h), self._compute_param(self.down_bias))
+        h = self.non_linearity(h)
+        return self.up_bias_add(self._up(h), self._compute_param(self.up_bias))
+
+    def _shard_bias_and_non_linearity(self, owner, bias_down, non_linearity, bias_up):
+        """Apply the strategies shared by every bottleneck; each argument is ``(argument name, strategy)``."""
+        shard_op(self.down_bias_add, bias_down[1], bias_down[0], owner, input_ranks=(2, 1))
+        shard_activation(self.non_linearity, non_linearity[1], non_linearity[0], owner)
+        shard_op(self.up_bias_add, bias_up[1], bias_up[0], owner, input_ranks=(2, 1))
+
+
+def _residual_strategy(owner, strategy_residual_add, strategy_residential_add):
+    """The residual strategy and the argument name it came in under, accepting the manual's misspelling."""
+    if strategy_residential_add is None:
+        return "strategy_residual_add", strategy_residual_add
+    if strategy_residual_add is not None and strategy_residual_add != strategy_residential_add:
+        raise ValueError(f"For '{owner}', '{RESIDUAL_ALIAS}' is an alias of 'strategy_residual_add'; pass one of "
+                         f"them, or both equal, but got {strategy_residual_add!r} and "
+                         f"{strategy_residential_add!r}.")
+    return RESIDUAL_ALIAS, strategy_residential_add
+
+
+class _ResidualAdapter:
+    """``shard()`` plumbing shared by the layer and Dense forms: the branch lives at ``self.<BRANCH_NAME>``."""
+
+    BRANCH_NAME = None
+
+    def _branch(self, h):
+        return getattr(self, self.BRANCH_NAME)(h)
+
+    def _shard_residual(self, owner, strategy_residual_add, strategy_residential_add):
+        arg_name, strategy = _residual_strategy(owner, strategy_residual_add, strategy_residential_add)
+        shard_op(self.residual_add, strategy, arg_name, owner, input_ranks=(2, 2))
+
+
+class ResidualAdapterLayer(_ResidualAdapter, MixedPrecisionCell):
+    """``y = x + branch(x)`` for an input of shape ``(*, hidden_size)``, inserted after an existing layer.
+
+    The branch runs in the compute dtype; the residual sum runs in the input's dtype, so the identity path
+    loses no precision when the branch computes in float16.
+    """
+
+    def __init__(self, param_init_type, compute_dtype):
+        super().__init__(param_init_type, compute_dtype)
+        self.residual_add = P.Add()
+
+    def construct(self, x):
+        input_shape = x.shape
+        input_dtype = x.dtype
+        x = self._flatten(x)
+        branch = self._branch(self._to_compute_dtype(x))
+        if branch.dtype != input_dtype:
+            branch = self.cast(branch, input_dtype)
+        return self._restore(self.residual_add(x, branch), input_shape, input_dtype)
+
+
+class ResidualAdapterDense(_ResidualAdapter, DenseCore):
+    """``h = activation(x W^T + b)``, ``y = h + branch(h)``: a Dense layer with an adapter on its output."""
+
+    def __init__(self, in_channels, out_channels, weight_init, bias_init, has_bias, activation, param_init_type,
+                 compute_dtype):
+        super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init,
+                         has_bias=has_bias, activation=activation, param_init_type=param_init_type,
+                         compute_dtype=compute_dtype)
+        self.residual_add = P.Add()
+
+    def construct(self, x):
+        input_shape = x.shape
+        input_dtype = x.dtype
+        h = self._activate(self._dense(self._to_compute(x)))
+        y = self.residual_add(h, self._branch(h))
+        return self._restore(y, input_shape, input_dtype)
