@@ -131,6 +131,22 @@ def test_round_trip_reproduces_outputs(mode, tmp_path):
     assert_round_trip(base_file, delta_cb.latest_ckpt_file_name, net(PROBE_INPUT).asnumpy())
 
 
+def test_model_fit_accepts_the_callback(graph_mode, tmp_path):
+    """
+    Feature: TrainableParamsCheckPoint in Model.fit.
+    Description: Model.fit refuses user callbacks that define old-style hooks such as ``end``.
+    Expectation: fit runs, and the delta it saves at the end of training round-trips.
+    """
+    net = frozen_delta_net()
+    base_file = str(tmp_path / "base.ckpt")
+    ms.save_checkpoint(net, base_file)
+    delta_cb = delta_callback(tmp_path / "delta", save_checkpoint_steps=1000)
+    model = Model(net, make_loss(), nn.Adam(net.trainable_params(), learning_rate=0.05))
+    model.fit(1, make_dataset(4), callbacks=[delta_cb])
+    assert delta_cb.latest_ckpt_file_name.endswith("delta-1_4.ckpt")
+    assert_round_trip(base_file, delta_cb.latest_ckpt_file_name, net(PROBE_INPUT).asnumpy())
+
+
 def test_user_train_cell_and_saved_network(graph_mode, tmp_path):
     """
     Feature: The network a delta is read from.

@@ -11,7 +11,8 @@ MODULES = sorted(info.name for info in pkgutil.walk_packages(mindpet.__path__, "
 # Public API modules must show at least one example.
 MODULES_WITH_EXAMPLES = {
     "mindpet.delta.lora", "mindpet.delta.adapter", "mindpet.delta.low_rank_adapter", "mindpet.delta.prefix_layer",
-    "mindpet.delta.ptuning2", "mindpet.delta.r_drop", "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util",
+    "mindpet.delta.ptuning2", "mindpet.delta.prefix_attention", "mindpet.delta.r_drop",
+    "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util",
 }
 
 

@@ -20,6 +20,8 @@ import pytest
     ("mindpet.delta.low_rank_adapter", "LowRankAdapterDense"),
     ("mindpet.delta", "PrefixLayer"),
     ("mindpet.delta.prefix_layer", "PrefixLayer"),
+    ("mindpet.delta", "PrefixConcat"),
+    ("mindpet.delta.prefix_attention", "PrefixConcat"),
     ("mindpet.delta", "PrefixEncoder"),
     ("mindpet.delta.ptuning2", "PrefixEncoder"),
     ("mindpet.delta", "RDropLoss"),

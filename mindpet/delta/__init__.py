@@ -8,6 +8,7 @@ _EXPORTS = {
     "LowRankAdapterLayer": "mindpet.delta.low_rank_adapter",
     "LowRankAdapterDense": "mindpet.delta.low_rank_adapter",
     "PrefixLayer": "mindpet.delta.prefix_layer",
+    "PrefixConcat": "mindpet.delta.prefix_attention",
     "PrefixEncoder": "mindpet.delta.ptuning2",
     "RDropLoss": "mindpet.delta.r_drop",
     "rdrop_repeat": "mindpet.delta.r_drop",

@@ -180,13 +180,16 @@ class TrainableParamsCheckPoint(ModelCheckpoint):
                 raise argument_error(ValueError, cls._OWNER, name,
                                      "False (a delta checkpoint is always saved whole)", enabled)
 
-    def end(self, run_context):
+    def on_train_end(self, run_context):
         """Save the last checkpoint, as `ModelCheckpoint` does, and wait until every file is written.
+
+        MindSpore's ``Model`` warns about (``train``) or refuses (``fit``) user callbacks that define the
+        old-style ``end``, so the hook is ``on_train_end``; it reaches ``ModelCheckpoint.end`` through ``Callback``.
 
         Args:
             run_context (RunContext): Context of the training run.
         """
-        super().end(run_context)
+        super().on_train_end(run_context)
         self._wait_for_writer()
 
     def _save_ckpt(self, cb_params, force_to_save=False):
