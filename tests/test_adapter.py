@@ -8,7 +8,8 @@ from mindpet.delta import AdapterDense, AdapterLayer, LowRankAdapterDense, LowRa
 from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
 
-IN, HIDDEN, BOTTLENECK, REDUCTION, LOW_RANK = 6, 8, 3, 2, 2
+# in_channels is a multiple of 4 so the manual's shard() example, which splits it 4-way, is valid.
+IN, HIDDEN, BOTTLENECK, REDUCTION, LOW_RANK = 12, 8, 3, 2, 2
 KINDS = ("adapter_layer", "adapter_dense", "low_rank_layer", "low_rank_dense")
 
 

@@ -13,6 +13,7 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.delta.lora", "mindpet.delta.adapter", "mindpet.delta.low_rank_adapter", "mindpet.delta.prefix_layer",
     "mindpet.delta.ptuning2", "mindpet.delta.prefix_attention", "mindpet.delta.r_drop",
     "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util",
+    "mindpet.graph.distributed_ckpt", "mindpet.graph.strategy_check",
 }
 
 

@@ -11,6 +11,8 @@ from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
 
 IN, OUT, RANK, ALPHA = 6, 5, 3, 4.0
+# The manual's shard() example splits out_channels 4-way, so the cells it is applied to have 8 of them.
+SHARD_OUT = 8
 
 
 REFERENCE_ACTIVATIONS = {None: lambda x: x, "gelu": REFERENCES["gelu"], "tanh_cell": np.tanh,
@@ -21,17 +23,18 @@ def make_activation(kind):
     return {None: None, "gelu": "gelu", "tanh_cell": nn.Tanh(), "relu_primitive": ops.ReLU()}[kind]
 
 
-def random_weights(rng, has_bias=True):
-    weights = {"weight": rng.standard_normal((OUT, IN)).astype(np.float32) * 0.5,
+def random_weights(rng, has_bias=True, out_channels=OUT):
+    weights = {"weight": rng.standard_normal((out_channels, IN)).astype(np.float32) * 0.5,
                "lora_a": rng.standard_normal((RANK, IN)).astype(np.float32) * 0.5,
-               "lora_b": rng.standard_normal((OUT, RANK)).astype(np.float32) * 0.5}
+               "lora_b": rng.standard_normal((out_channels, RANK)).astype(np.float32) * 0.5}
     if has_bias:
-        weights["bias"] = rng.standard_normal(OUT).astype(np.float32)
+        weights["bias"] = rng.standard_normal(out_channels).astype(np.float32)
     return weights
 
 
 def build_lora(weights, **kwargs):
-    return LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, weight_init=Tensor(weights["weight"]),
+    out_channels = weights["weight"].shape[0]
+    return LoRADense(IN, out_channels, lora_rank=RANK, lora_alpha=ALPHA, weight_init=Tensor(weights["weight"]),
                      bias_init=Tensor(weights["bias"]) if "bias" in weights else "zeros",
                      lora_a_init=Tensor(weights["lora_a"]), lora_b_init=Tensor(weights["lora_b"]),
                      has_bias="bias" in weights, **kwargs)
@@ -241,7 +244,7 @@ MANUAL_STRATEGIES = dict(
 
 class TestShard:
     def test_manual_example_is_accepted_and_changes_no_numbers(self, mode):
-        weights = random_weights(np.random.default_rng(20))
+        weights = random_weights(np.random.default_rng(20), out_channels=SHARD_OUT)
         cell = build_lora(weights, compute_dtype=ms.float32, activation="relu")
         assert cell.shard(**MANUAL_STRATEGIES) is cell
         assert cell.lora_mul.in_strategy == ((2, 4), ())
@@ -253,7 +256,7 @@ class TestShard:
 
     @pytest.mark.parametrize("activation", ["silu", "leakyrelu", "gelu", nn.ReLU()])
     def test_activation_strategy_reaches_every_primitive(self, activation):
-        cell = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, activation=activation)
+        cell = LoRADense(IN, SHARD_OUT, lora_rank=RANK, lora_alpha=ALPHA, activation=activation)
         cell.shard(strategy_activation=((2, 4),))
         primitives = [value for value in vars(cell.activation).values() if isinstance(value, ops.Primitive)]
         assert primitives

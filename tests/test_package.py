@@ -33,6 +33,8 @@ import pytest
     ("mindpet.graph", "freeze_from_config"),
     ("mindpet.graph", "TrainableParamsCheckPoint"),
     ("mindpet.graph", "load_delta_checkpoint"),
+    ("mindpet.graph", "check_shard_strategies"),
+    ("mindpet.graph", "merge_sliced_delta_checkpoints"),
     ("mindpet.graph.freeze_utils", "freeze_delta"),
     ("mindpet.graph.ckpt_util", "TrainableParamsCheckPoint"),
 ])

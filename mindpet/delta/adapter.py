@@ -14,7 +14,7 @@ from mindpet.delta.bottleneck import BottleneckBranch, ResidualAdapterDense, Res
 from mindpet.utils.lazy_exports import lazy_exports
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard import shard_op
+from mindpet.utils.shard_plan import Dim, Operand, primitive_op
 from mindpet.utils.validation import check_positive_int
 
 ADAPTER_BRANCH = DELTA_PREFIX + "adapter"
@@ -47,13 +47,16 @@ class AdapterBranch(BottleneckBranch):
     def _up(self, h):
         return self.up_matmul(h, self._compute_param(self.up_weight))
 
-    def shard_branch(self, owner, strategy_matmul_down_sampler, strategy_bias_down_sampler, strategy_non_linearity,
-                     strategy_matmul_up_sampler, strategy_bias_up_sampler):
-        shard_op(self.down_matmul, strategy_matmul_down_sampler, "strategy_matmul_down_sampler", owner, (2, 2))
-        shard_op(self.up_matmul, strategy_matmul_up_sampler, "strategy_matmul_up_sampler", owner, (2, 2))
-        self._shard_bias_and_non_linearity(owner, ("strategy_bias_down_sampler", strategy_bias_down_sampler),
-                                           ("strategy_non_linearity", strategy_non_linearity),
-                                           ("strategy_bias_up_sampler", strategy_bias_up_sampler))
+    def _bottleneck_dim(self):
+        return Dim("bottleneck_size", self.bottleneck_size)
+
+    def _down_ops(self, hidden, bottleneck, source, output):
+        return (primitive_op("strategy_matmul_down_sampler", self.down_matmul,
+                             (source, Operand("down_weight", (bottleneck, hidden))), output),)
+
+    def _up_ops(self, hidden, bottleneck, source, output):
+        return (primitive_op("strategy_matmul_up_sampler", self.up_matmul,
+                             (source, Operand("up_weight", (hidden, bottleneck))), output),)
 
 
 class AdapterLayer(ResidualAdapterLayer):
@@ -120,7 +123,9 @@ class AdapterLayer(ResidualAdapterLayer):
         """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework. Inputs are 2-D (leading dimensions are flattened).
+        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
+        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
+        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
 
         Args:
             strategy_matmul_down_sampler (tuple): ``x @ W_down^T``, e.g. ``((dp, 1), (1, 1))``.
@@ -137,14 +142,18 @@ class AdapterLayer(ResidualAdapterLayer):
 
         Raises:
             ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; or both residual spellings differ.
+                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
+                inputs (e.g. a matmul's contracted axis) or into unequal parts (``hidden_size``,
+                ``bottleneck_size``); splits ``N`` or ``hidden_size`` unlike an earlier strategy (the branch is added
+                back to its input); takes an operator's output in another layout than the operator produces; needs a
+                device count that does not divide the one set in a semi-auto or auto parallel context; or both
+                residual spellings differ.
         """
-        owner = type(self).__name__
-        self.mindpet_delta_adapter.shard_branch(owner, strategy_matmul_down_sampler, strategy_bias_down_sampler,
-                                                strategy_non_linearity, strategy_matmul_up_sampler,
-                                                strategy_bias_up_sampler)
-        self._shard_residual(owner, strategy_residual_add, strategy_residential_add)
-        return self
+        return self._accept_adapter_strategies(dict(
+            strategy_matmul_down_sampler=strategy_matmul_down_sampler,
+            strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
+            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler),
+            strategy_residual_add, strategy_residential_add)
 
     def extend_repr(self):
         return (f"hidden_size={self.hidden_size}, bottleneck_size={self.bottleneck_size}, "
@@ -221,12 +230,15 @@ class AdapterDense(ResidualAdapterDense):
         """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework. Inputs are 2-D (leading dimensions are flattened).
+        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
+        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
+        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
 
         Args:
-            strategy_matmul_org (tuple): ``x @ weight^T``, e.g. ``((dp, 1), (mp, 1))``.
-            strategy_bias_org (tuple): ``+ bias``, e.g. ``((dp, mp), (mp,))``.
-            strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, mp),)``.
+            strategy_matmul_org (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, mp), (1, mp))``: the
+                contracted ``in`` axis split ``mp``-way, the output ``(N, out)`` laid out ``(dp, 1)``.
+            strategy_bias_org (tuple): ``+ bias``, e.g. ``((dp, 1), (1,))``.
+            strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, 1),)``.
             strategy_matmul_down_sampler (tuple): ``h @ W_down^T``, e.g. ``((dp, 1), (1, 1))``.
             strategy_bias_down_sampler (tuple): ``+ b_down``, e.g. ``((dp, 1), (1,))``.
             strategy_non_linearity (tuple): the adapter activation input's layout, e.g. ``((dp, 1),)``.
@@ -241,18 +253,20 @@ class AdapterDense(ResidualAdapterDense):
 
         Raises:
             ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; a strategy for an activation the cell does
-                not have; or both residual spellings differ.
+                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
+                inputs (e.g. a matmul's contracted axis) or into unequal parts (``in_channels``, ``out_channels``,
+                ``bottleneck_size``); splits ``N`` or ``out_channels`` unlike an earlier strategy (the adapter is
+                added back to the Dense output); takes an operator's output in another layout than the operator
+                produces; needs a device count that does not divide the one set in a semi-auto or auto parallel
+                context; is given for a bias or activation the cell does not have; or both residual spellings
+                differ.
         """
-        owner = type(self).__name__
-        self._shard_core(owner, ("strategy_matmul_org", strategy_matmul_org),
-                         ("strategy_bias_org", strategy_bias_org),
-                         ("strategy_activation_org", strategy_activation_org))
-        self.mindpet_delta_adapter.shard_branch(owner, strategy_matmul_down_sampler, strategy_bias_down_sampler,
-                                                strategy_non_linearity, strategy_matmul_up_sampler,
-                                                strategy_bias_up_sampler)
-        self._shard_residual(owner, strategy_residual_add, strategy_residential_add)
-        return self
+        return self._accept_adapter_strategies(dict(
+            strategy_matmul_org=strategy_matmul_org, strategy_bias_org=strategy_bias_org,
+            strategy_activation_org=strategy_activation_org, strategy_matmul_down_sampler=strategy_matmul_down_sampler,
+            strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
+            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler),
+            strategy_residual_add, strategy_residential_add)
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, bottleneck_size={self.bottleneck_size}, "

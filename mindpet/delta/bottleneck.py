@@ -9,9 +9,9 @@ from mindspore.ops import operations as P
 
 from mindpet.delta.dense_core import DenseCore
 from mindpet.delta.mixed_precision import MixedPrecisionCell
-from mindpet.utils.activation import build_activation, shard_activation
+from mindpet.utils.activation import build_activation
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard import shard_op
+from mindpet.utils.shard_plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.validation import check_str
 
 # The manual's own shard() example spells the residual strategy this way; accept it as an alias.
@@ -22,7 +22,8 @@ class BottleneckBranch(MixedPrecisionCell):
     """``up(non_linearity(down(h) + down_bias)) + up_bias`` on a 2-D input already in the compute dtype.
 
     Subclasses create the projection weights and define :meth:`_down` (``(N, hidden) -> (N, bottleneck)``) and
-    :meth:`_up` (``(N, bottleneck) -> (N, hidden)``). The biases start at zero.
+    :meth:`_up` (``(N, bottleneck) -> (N, hidden)``), with their shard plans :meth:`_down_ops` and :meth:`_up_ops`
+    and the bottleneck axis :meth:`_bottleneck_dim`. The biases start at zero.
 
     Args:
         hidden_size (int): width of the input and output (already validated by the owner).
@@ -50,11 +51,24 @@ class BottleneckBranch(MixedPrecisionCell):
         h = self.non_linearity(h)
         return self.up_bias_add(self._up(h), self._compute_param(self.up_bias))
 
-    def _shard_bias_and_non_linearity(self, owner, bias_down, non_linearity, bias_up):
-        """Apply the strategies shared by every bottleneck; each argument is ``(argument name, strategy)``."""
-        shard_op(self.down_bias_add, bias_down[1], bias_down[0], owner, input_ranks=(2, 1))
-        shard_activation(self.non_linearity, non_linearity[1], non_linearity[0], owner)
-        shard_op(self.up_bias_add, bias_up[1], bias_up[0], owner, input_ranks=(2, 1))
+    def sharded_ops(self, owner, hidden, source):
+        """The branch's shard plan on ``source``, the ``(N, hidden)`` tensor it adapts; it produces ``"branch"``.
+
+        Args:
+            owner (str): the public cell named in error messages.
+            hidden (Dim): the axis of the adapted width.
+            source (str): the name of the adapted tensor in the owner's plan.
+        """
+        bottleneck = self._bottleneck_dim()
+        return (*self._down_ops(hidden, bottleneck, Operand(source, (TOKENS, hidden)), "down_projected"),
+                primitive_op("strategy_bias_down_sampler", self.down_bias_add,
+                             (Operand("down_projected", (TOKENS, bottleneck)), Operand("down_bias", (bottleneck,))),
+                             "down_biased"),
+                activation_op("strategy_non_linearity", self.non_linearity, owner,
+                              Operand("down_biased", (TOKENS, bottleneck)), "down_activated"),
+                *self._up_ops(hidden, bottleneck, Operand("down_activated", (TOKENS, bottleneck)), "up_projected"),
+                primitive_op("strategy_bias_up_sampler", self.up_bias_add,
+                             (Operand("up_projected", (TOKENS, hidden)), Operand("up_bias", (hidden,))), "branch"))
 
 
 def _residual_strategy(owner, strategy_residual_add, strategy_residential_add):
@@ -68,7 +82,7 @@ def _residual_strategy(owner, strategy_residual_add, strategy_residential_add):
     return RESIDUAL_ALIAS, strategy_residential_add
 
 
-class _ResidualAdapter:
+class _ResidualAdapter(ShardValidated):
     """``shard()`` plumbing shared by the layer and Dense forms: the branch lives at ``self.<BRANCH_NAME>``."""
 
     BRANCH_NAME = None
@@ -76,9 +90,21 @@ class _ResidualAdapter:
     def _branch(self, h):
         return getattr(self, self.BRANCH_NAME)(h)
 
-    def _shard_residual(self, owner, strategy_residual_add, strategy_residential_add):
-        arg_name, strategy = _residual_strategy(owner, strategy_residual_add, strategy_residential_add)
-        shard_op(self.residual_add, strategy, arg_name, owner, input_ranks=(2, 2))
+    def _residual_plan(self, hidden, base_ops, source):
+        """The plan of ``base_ops`` (producing ``source``, ``(N, hidden)``), the branch on it, and their sum.
+
+        ``N`` and ``hidden`` are tied: the branch output must be split like the tensor it is added back to.
+        """
+        branch_ops = getattr(self, self.BRANCH_NAME).sharded_ops(type(self).__name__, hidden, source)
+        residual = primitive_op("strategy_residual_add", self.residual_add,
+                                (Operand(source, (TOKENS, hidden)), Operand("branch", (TOKENS, hidden))), "sum")
+        return OperatorPlan((*base_ops, *branch_ops, residual), tied=(TOKENS, hidden))
+
+    def _accept_adapter_strategies(self, strategies, strategy_residual_add, strategy_residential_add):
+        """Accept ``strategies`` plus the residual strategy under either of its spellings."""
+        arg_name, residual = _residual_strategy(type(self).__name__, strategy_residual_add, strategy_residential_add)
+        return self._accept_strategies({**strategies, "strategy_residual_add": residual},
+                                       spellings={"strategy_residual_add": arg_name})
 
 
 class ResidualAdapterLayer(_ResidualAdapter, MixedPrecisionCell):
@@ -101,6 +127,9 @@ class ResidualAdapterLayer(_ResidualAdapter, MixedPrecisionCell):
             branch = self.cast(branch, input_dtype)
         return self._restore(self.residual_add(x, branch), input_shape, input_dtype)
 
+    def _shard_plan(self):
+        return self._residual_plan(Dim("hidden_size", self.hidden_size), (), "x")
+
 
 class ResidualAdapterDense(_ResidualAdapter, DenseCore):
     """``h = activation(x W^T + b)``, ``y = h + branch(h)``: a Dense layer with an adapter on its output."""
@@ -118,3 +147,11 @@ class ResidualAdapterDense(_ResidualAdapter, DenseCore):
         h = self._activate(self._dense(self._to_compute(x)))
         y = self.residual_add(h, self._branch(h))
         return self._restore(y, input_shape, input_dtype)
+
+    def _shard_plan(self):
+        _, out_dim = self._channel_dims()
+        dense_ops, dense_output = self._dense_ops("strategy_matmul_org", "strategy_bias_org")
+        activation = activation_op("strategy_activation_org", self.activation, type(self).__name__,
+                                   Operand(dense_output, (TOKENS, out_dim)), "dense_activated")
+        source = "dense_activated" if self.activation_flag else dense_output
+        return self._residual_plan(out_dim, (*dense_ops, activation), source)

@@ -3,9 +3,9 @@ from mindspore import dtype as mstype
 from mindspore.ops import operations as P
 
 from mindpet.delta.mixed_precision import MixedPrecisionCell
-from mindpet.utils.activation import build_activation, shard_activation
+from mindpet.utils.activation import build_activation
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard import shard_op
+from mindpet.utils.shard_plan import TOKENS, Dim, Operand, primitive_op
 from mindpet.utils.validation import check_bool, check_positive_int
 
 
@@ -61,11 +61,23 @@ class DenseCore(MixedPrecisionCell):
             y = self.activation(y)
         return y
 
-    def _shard_core(self, owner, matmul, bias_add, activation):
-        """Apply the strategies of the core ops; each argument is a ``(argument name, strategy)`` pair."""
-        shard_op(self.matmul, matmul[1], matmul[0], owner, input_ranks=(2, 2))
-        shard_op(self.bias_add, bias_add[1], bias_add[0], owner, input_ranks=(2, 1))
-        shard_activation(self.activation, activation[1], activation[0], owner)
+    def _channel_dims(self):
+        """The input and output width as shard-plan axes."""
+        return Dim("in_channels", self.in_channels), Dim("out_channels", self.out_channels)
+
+    def _dense_ops(self, matmul_arg, bias_arg):
+        """The shard plan of ``x W^T + b``: its operators, and the name of the tensor the Dense part produces.
+
+        ``matmul_arg`` splits ``x`` ``(N, in_channels)`` and ``weight`` ``(out_channels, in_channels)``; ``bias_arg``
+        the product ``(N, out_channels)`` and ``bias`` ``(out_channels,)``, and is refused without a bias.
+        """
+        in_dim, out_dim = self._channel_dims()
+        no_bias = None if self.has_bias else "None because the cell has no bias"
+        ops = (primitive_op(matmul_arg, self.matmul, (Operand("x", (TOKENS, in_dim)),
+                                                      Operand("weight", (out_dim, in_dim))), "dense"),
+               primitive_op(bias_arg, self.bias_add, (Operand("dense", (TOKENS, out_dim)), Operand("bias", (out_dim,))),
+                            "dense_biased", refusal=no_bias))
+        return ops, "dense_biased" if self.has_bias else "dense"
 
     def extend_repr(self):
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, has_bias={self.has_bias}, "

@@ -11,7 +11,7 @@ from mindpet.delta.dense_core import DenseCore
 from mindpet.utils.logger import logger
 from mindpet.utils.naming import delta_attr_name
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard import shard_op
+from mindpet.utils.shard_plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.validation import check_nonzero_number, check_positive_int, check_rate
 
 LORA_A = delta_attr_name("lora", "a")
@@ -19,7 +19,7 @@ LORA_B = delta_attr_name("lora", "b")
 _DEFAULT_LORA_A_INIT = HeUniform(negative_slope=math.sqrt(5))
 
 
-class LoRADense(DenseCore):
+class LoRADense(ShardValidated, DenseCore):
     r"""A Dense layer with a trainable low-rank update, a drop-in replacement for ``nn.Dense``.
 
     .. math::
@@ -171,14 +171,16 @@ class LoRADense(DenseCore):
         """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework. Inputs are 2-D (leading dimensions are flattened).
+        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D
+        (leading dimensions are flattened into ``N``). The strategies are checked together, with those of earlier
+        calls, before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
 
         Args:
-            strategy_org_dense_matmul (tuple): ``x @ weight^T``, e.g. ``((dp, 1), (mp, 1))``.
+            strategy_org_dense_matmul (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, 1), (mp, 1))``.
             strategy_org_bias_add (tuple): ``+ bias``, e.g. ``((dp, mp), (mp,))``.
-            strategy_lora_dropout (tuple): dropout on the branch input, e.g. ``((dp, 1),)``.
-            strategy_lora_a_matmul (tuple): ``x @ A^T``, e.g. ``((dp, 1), (1, 1))``.
-            strategy_lora_b_matmul (tuple): ``(x A^T) @ B^T``, e.g. ``((dp, 1), (mp, 1))``.
+            strategy_lora_dropout (tuple): dropout on the branch input ``x``, e.g. ``((dp, 1),)``.
+            strategy_lora_a_matmul (tuple): ``x @ A (r, in)^T``, e.g. ``((dp, 1), (1, 1))``.
+            strategy_lora_b_matmul (tuple): ``(x A^T) (N, r) @ B (out, r)^T``, e.g. ``((dp, 1), (mp, 1))``.
             strategy_lora_mul (tuple): the branch times its scale (a scalar), e.g. ``((dp, mp), ())``.
             strategy_lora_add (tuple): the Dense output plus the branch, e.g. ``((dp, mp), (dp, mp))``.
             strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.
@@ -187,19 +189,43 @@ class LoRADense(DenseCore):
             The cell itself.
 
         Raises:
-            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator, or a layout of the wrong length.
+            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts for its
+                operator or a layout of the wrong length; splits an axis unlike itself across the operator's inputs
+                (e.g. the contracted ``in`` axis of a matmul) or into unequal parts (``in_channels``,
+                ``out_channels``, ``lora_rank``); splits ``N`` or ``out_channels`` unlike an earlier strategy (the
+                branch must be split like the Dense output it is added to); takes an operator's output in another
+                layout than the operator produces; needs a device count that does not divide the one set in a
+                semi-auto or auto parallel context; or is given for a bias or activation the cell does not have.
+        """
+        return self._accept_strategies(dict(
+            strategy_org_dense_matmul=strategy_org_dense_matmul, strategy_org_bias_add=strategy_org_bias_add,
+            strategy_lora_dropout=strategy_lora_dropout, strategy_lora_a_matmul=strategy_lora_a_matmul,
+            strategy_lora_b_matmul=strategy_lora_b_matmul, strategy_lora_mul=strategy_lora_mul,
+            strategy_lora_add=strategy_lora_add, strategy_activation=strategy_activation))
+
+    def _shard_plan(self):
+        """The Dense part ``x W^T + b`` and the branch ``dropout(x) A^T B^T * scale`` meet in ``lora_add``.
+
+        The branch must split ``N`` and ``out_channels`` as the Dense part does.
         """
         owner = type(self).__name__
-        self._shard_core(owner, ("strategy_org_dense_matmul", strategy_org_dense_matmul),
-                         ("strategy_org_bias_add", strategy_org_bias_add),
-                         ("strategy_activation", strategy_activation))
-        shard_op(self.lora_dropout.dropout, strategy_lora_dropout, "strategy_lora_dropout", owner, (2,))
-        shard_op(self.lora_a_matmul, strategy_lora_a_matmul, "strategy_lora_a_matmul", owner, (2, 2))
-        shard_op(self.lora_b_matmul, strategy_lora_b_matmul, "strategy_lora_b_matmul", owner, (2, 2))
-        shard_op(self.lora_mul, strategy_lora_mul, "strategy_lora_mul", owner, (2, 0))
-        shard_op(self.lora_add, strategy_lora_add, "strategy_lora_add", owner, (2, 2))
-        return self
+        in_dim, out_dim = self._channel_dims()
+        rank = Dim("lora_rank", self.lora_rank)
+        update = (TOKENS, out_dim)
+        dense_ops, dense_output = self._dense_ops("strategy_org_dense_matmul", "strategy_org_bias_add")
+        ops = (*dense_ops,
+               primitive_op("strategy_lora_dropout", self.lora_dropout.dropout, (Operand("x", (TOKENS, in_dim)),),
+                            "lora_input"),
+               primitive_op("strategy_lora_a_matmul", self.lora_a_matmul,
+                            (Operand("lora_input", (TOKENS, in_dim)), Operand(LORA_A, (rank, in_dim))), "lora_hidden"),
+               primitive_op("strategy_lora_b_matmul", self.lora_b_matmul,
+                            (Operand("lora_hidden", (TOKENS, rank)), Operand(LORA_B, (out_dim, rank))), "lora_update"),
+               primitive_op("strategy_lora_mul", self.lora_mul,
+                            (Operand("lora_update", update), Operand("lora_branch_scale", ())), "lora_scaled"),
+               primitive_op("strategy_lora_add", self.lora_add,
+                            (Operand(dense_output, update), Operand("lora_scaled", update)), "sum"),
+               activation_op("strategy_activation", self.activation, owner, Operand("sum", update), "activated"))
+        return OperatorPlan(ops, tied=(TOKENS, out_dim))
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, "

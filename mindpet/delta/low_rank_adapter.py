@@ -7,7 +7,7 @@ from mindspore.ops import operations as P
 from mindpet.delta.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard import shard_op
+from mindpet.utils.shard_plan import Dim, Operand, primitive_op
 from mindpet.utils.validation import argument_error, check_positive_int
 
 LOW_RANK_ADAPTER_BRANCH = DELTA_PREFIX + "low_rank_adapter"
@@ -58,20 +58,39 @@ class LowRankBranch(BottleneckBranch):
                                        self._compute_param(self.up_weight_right))
         return self.up_input_matmul(h, weight)
 
-    def shard_branch(self, owner, strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input,
-                     strategy_bias_down_sampler, strategy_non_linearity, strategy_matmul_up_sampler_weight,
-                     strategy_matmul_up_sampler_input, strategy_bias_up_sampler):
-        shard_op(self.down_weight_matmul, strategy_matmul_down_sampler_weight, "strategy_matmul_down_sampler_weight",
-                 owner, (2, 2))
-        shard_op(self.down_input_matmul, strategy_matmul_down_sampler_input, "strategy_matmul_down_sampler_input",
-                 owner, (2, 2))
-        shard_op(self.up_weight_matmul, strategy_matmul_up_sampler_weight, "strategy_matmul_up_sampler_weight",
-                 owner, (2, 2))
-        shard_op(self.up_input_matmul, strategy_matmul_up_sampler_input, "strategy_matmul_up_sampler_input",
-                 owner, (2, 2))
-        self._shard_bias_and_non_linearity(owner, ("strategy_bias_down_sampler", strategy_bias_down_sampler),
-                                           ("strategy_non_linearity", strategy_non_linearity),
-                                           ("strategy_bias_up_sampler", strategy_bias_up_sampler))
+    def _bottleneck_dim(self):
+        return Dim("the bottleneck width", self.bottleneck_size)
+
+    def _projection_ops(self, name, weight_matmul, input_matmul, weight_dims, source, output):
+        """Forming a projection weight ``(rows, columns)`` from its factors, then applying it to ``source``."""
+        rows, columns = weight_dims
+        rank = Dim("low_rank_size", self.low_rank_size)
+        weight = f"{name}_weight"
+        return (primitive_op(f"strategy_matmul_{name}_sampler_weight", weight_matmul,
+                             (Operand(f"{weight}_left", (rows, rank)), Operand(f"{weight}_right", (rank, columns))),
+                             weight),
+                primitive_op(f"strategy_matmul_{name}_sampler_input", input_matmul,
+                             (source, Operand(weight, weight_dims)), output))
+
+    def _down_ops(self, hidden, bottleneck, source, output):
+        return self._projection_ops("down", self.down_weight_matmul, self.down_input_matmul, (hidden, bottleneck),
+                                    source, output)
+
+    def _up_ops(self, hidden, bottleneck, source, output):
+        return self._projection_ops("up", self.up_weight_matmul, self.up_input_matmul, (bottleneck, hidden), source,
+                                    output)
+
+
+def _branch_strategies(strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input,
+                       strategy_bias_down_sampler, strategy_non_linearity, strategy_matmul_up_sampler_weight,
+                       strategy_matmul_up_sampler_input, strategy_bias_up_sampler):
+    """The low-rank branch's ``shard()`` arguments by name."""
+    return dict(strategy_matmul_down_sampler_weight=strategy_matmul_down_sampler_weight,
+                strategy_matmul_down_sampler_input=strategy_matmul_down_sampler_input,
+                strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
+                strategy_matmul_up_sampler_weight=strategy_matmul_up_sampler_weight,
+                strategy_matmul_up_sampler_input=strategy_matmul_up_sampler_input,
+                strategy_bias_up_sampler=strategy_bias_up_sampler)
 
 
 _SHARD_ARGS_DOC = """
@@ -156,18 +175,17 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
               strategy_bias_down_sampler=None, strategy_non_linearity=None, strategy_matmul_up_sampler_weight=None,
               strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None,
               strategy_residential_add=None):
-        owner = type(self).__name__
-        self.mindpet_delta_low_rank_adapter.shard_branch(
-            owner, strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input,
-            strategy_bias_down_sampler, strategy_non_linearity, strategy_matmul_up_sampler_weight,
-            strategy_matmul_up_sampler_input, strategy_bias_up_sampler)
-        self._shard_residual(owner, strategy_residual_add, strategy_residential_add)
-        return self
+        return self._accept_adapter_strategies(_branch_strategies(
+            strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input, strategy_bias_down_sampler,
+            strategy_non_linearity, strategy_matmul_up_sampler_weight, strategy_matmul_up_sampler_input,
+            strategy_bias_up_sampler), strategy_residual_add, strategy_residential_add)
 
     shard.__doc__ = f"""Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework. Inputs are 2-D (leading dimensions are flattened).
+        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
+        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
+        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
 
         Args:{_SHARD_ARGS_DOC}
 
@@ -176,7 +194,13 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
 
         Raises:
             ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; or both residual spellings differ.
+                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
+                inputs (e.g. a matmul's contracted axis) or into unequal parts (``hidden_size``, ``low_rank_size``,
+                the bottleneck width); splits ``N`` or ``hidden_size`` unlike an earlier strategy (the branch is
+                added back to its input); takes an operator's output in another layout than the operator produces
+                (e.g. a projection weight in another layout than the ``*_weight`` matmul forms it in); needs a
+                device count that does not divide the one set in a semi-auto or auto parallel context; or both
+                residual spellings differ.
         """
 
     def extend_repr(self):
@@ -262,34 +286,40 @@ class LowRankAdapterDense(ResidualAdapterDense):
               strategy_bias_down_sampler=None, strategy_non_linearity=None, strategy_matmul_up_sampler_weight=None,
               strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None,
               strategy_residential_add=None):
-        owner = type(self).__name__
-        self._shard_core(owner, ("strategy_matmul_org", strategy_matmul_org),
-                         ("strategy_bias_org", strategy_bias_org),
-                         ("strategy_activation_org", strategy_activation_org))
-        self.mindpet_delta_low_rank_adapter.shard_branch(
-            owner, strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input,
-            strategy_bias_down_sampler, strategy_non_linearity, strategy_matmul_up_sampler_weight,
-            strategy_matmul_up_sampler_input, strategy_bias_up_sampler)
-        self._shard_residual(owner, strategy_residual_add, strategy_residential_add)
-        return self
+        strategies = _branch_strategies(
+            strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input, strategy_bias_down_sampler,
+            strategy_non_linearity, strategy_matmul_up_sampler_weight, strategy_matmul_up_sampler_input,
+            strategy_bias_up_sampler)
+        return self._accept_adapter_strategies(
+            dict(strategy_matmul_org=strategy_matmul_org, strategy_bias_org=strategy_bias_org,
+                 strategy_activation_org=strategy_activation_org, **strategies),
+            strategy_residual_add, strategy_residential_add)
 
     shard.__doc__ = f"""Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework. Inputs are 2-D (leading dimensions are flattened).
+        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
+        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
+        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
 
         Args:
-            strategy_matmul_org (tuple): ``x @ weight^T``, e.g. ``((dp, 1), (mp, 1))``.
-            strategy_bias_org (tuple): ``+ bias``, e.g. ``((dp, mp), (mp,))``.
-            strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, mp),)``.{_SHARD_ARGS_DOC}
+            strategy_matmul_org (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, mp), (1, mp))``: the
+                contracted ``in`` axis split ``mp``-way, the output ``(N, out)`` laid out ``(dp, 1)``.
+            strategy_bias_org (tuple): ``+ bias``, e.g. ``((dp, 1), (1,))``.
+            strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, 1),)``.{_SHARD_ARGS_DOC}
 
         Returns:
             The cell itself.
 
         Raises:
             ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; a strategy for an activation the cell does
-                not have; or both residual spellings differ.
+                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
+                inputs (e.g. a matmul's contracted axis) or into unequal parts (``in_channels``, ``out_channels``,
+                ``low_rank_size``, the bottleneck width); splits ``N`` or ``out_channels`` unlike an earlier strategy
+                (the adapter is added back to the Dense output); takes an operator's output in another layout than
+                the operator produces; needs a device count that does not divide the one set in a semi-auto or auto
+                parallel context; is given for a bias or activation the cell does not have; or both residual
+                spellings differ.
         """
 
     def extend_repr(self):

@@ -6,7 +6,8 @@ from mindspore.ops import constexpr
 from mindspore.ops import operations as P
 
 from mindpet.utils.shard import shard_op
-from mindpet.utils.validation import argument_error, check_positive_int
+from mindpet.utils.shard_plan import DegreePlan, ShardValidated
+from mindpet.utils.validation import argument_error
 
 _OWNER = "PrefixConcat"
 
@@ -44,7 +45,7 @@ def _check_mask_shape(mask_shape, key_shape):
                            f"{seq_length}) with batch {batch} or 1 and heads {num_heads} or 1", mask_shape)
 
 
-class PrefixConcat(nn.Cell):
+class PrefixConcat(ShardValidated, nn.Cell):
     r"""Prepend prefix keys and values to an attention block's key and value, and widen its mask to match.
 
     Every Prefix-Tuning or P-Tuning v2 attention block needs these three steps; this cell does them with checked
@@ -147,17 +148,23 @@ class PrefixConcat(nn.Cell):
 
         Raises:
             TypeError: ``data_parallel`` or ``model_parallel`` is not an int.
-            ValueError: either is <= 0.
+            ValueError: either is <= 0; or, when a semi-auto or auto parallel context gives the device count,
+                ``data_parallel * model_parallel`` does not divide it. The batch and head counts are known only
+                when the cell is called, so they are not checked here.
         """
-        dp = check_positive_int(data_parallel, "data_parallel", _OWNER)
-        mp = check_positive_int(model_parallel, "model_parallel", _OWNER)
+        return self._accept_strategies({"data_parallel": data_parallel, "model_parallel": model_parallel})
+
+    def _shard_plan(self):
+        return DegreePlan({"data_parallel": (), "model_parallel": ()}, self._apply_degrees)
+
+    def _apply_degrees(self, data_parallel, model_parallel):
+        dp, mp = data_parallel, model_parallel
         shard_op(self.cast, ((1, dp, mp, 1, 1),), "data_parallel", _OWNER, (5,))
         shard_op(self.unstack, ((1, dp, mp, 1, 1),), "data_parallel", _OWNER, (5,))
         shard_op(self.key_concat, ((dp, mp, 1, 1), (dp, mp, 1, 1)), "data_parallel", _OWNER, (4, 4))
         shard_op(self.value_concat, ((dp, mp, 1, 1), (dp, mp, 1, 1)), "data_parallel", _OWNER, (4, 4))
         shard_op(self.mask_concat_3d, ((dp, 1, 1), (dp, 1, 1)), "data_parallel", _OWNER, (3, 3))
         shard_op(self.mask_concat_4d, ((dp, 1, 1, 1), (dp, 1, 1, 1)), "data_parallel", _OWNER, (4, 4))
-        return self
 
     def extend_repr(self):
         return f"attend_value={self.attend_value}"

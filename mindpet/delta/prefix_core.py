@@ -13,7 +13,8 @@ from mindspore.ops import operations as P
 from mindpet.utils.naming import delta_attr_name
 from mindpet.utils.param_init import make_parameter
 from mindpet.utils.shard import shard_op
-from mindpet.utils.validation import argument_error, check_positive_int
+from mindpet.utils.shard_plan import DegreePlan, Dim, ShardValidated
+from mindpet.utils.validation import check_positive_int
 
 # PyTorch's nn.Embedding default, which Prefix-Tuning, P-Tuning v2 and ChatGLM2 trained with: unit-scale rows keep
 # the tanh of the MLP away from both zero and saturation.
@@ -42,7 +43,7 @@ class PrefixTable(nn.Cell):
         return self.embedding_table
 
 
-class PrefixCore(nn.Cell):
+class PrefixCore(ShardValidated, nn.Cell):
     r"""Trainable prefix vectors for ``num_layers`` attention layers, laid out as key/value prefixes.
 
     The table ``mindpet_delta_<method>_embedding.embedding_table`` has one row per prefix position. With
@@ -105,20 +106,23 @@ class PrefixCore(nn.Cell):
         prefixes = self.expand_dims(prefixes, 1)
         return self.tile(prefixes, (1, batch_size, 1, 1, 1))
 
-    def _shard_core(self, data_parallel, model_parallel):
-        """Split the batch over ``data_parallel`` and the heads (and MLP hidden units) over ``model_parallel``.
+    def _batch_dims(self):
+        """The batch axis as known before a call: unknown here, as the batch size comes with each call."""
+        return ()
 
-        Returns the validated ``(data_parallel, model_parallel)``.
+    def _shard_plan(self):
+        """``data_parallel`` splits the batch; ``model_parallel`` the heads and the MLP's hidden units.
+
+        The prefix positions and the head size are never split.
         """
+        model_dims = (Dim("num_heads", self.num_heads),)
+        if self.use_mlp:
+            model_dims += (Dim("the MLP hidden size", self.mlp_dim),)
+        return DegreePlan({"data_parallel": self._batch_dims(), "model_parallel": model_dims}, self._apply_degrees)
+
+    def _apply_degrees(self, data_parallel, model_parallel):
+        """Split the batch over ``data_parallel`` and the heads (and MLP hidden units) over ``model_parallel``."""
         owner = type(self).__name__
-        data_parallel = check_positive_int(data_parallel, "data_parallel", owner)
-        model_parallel = check_positive_int(model_parallel, "model_parallel", owner)
-        if self.num_heads % model_parallel:
-            raise argument_error(ValueError, owner, "model_parallel", f"a divisor of num_heads ({self.num_heads})",
-                                 model_parallel)
-        if self.use_mlp and self.mlp_dim % model_parallel:
-            raise argument_error(ValueError, owner, "model_parallel",
-                                 f"a divisor of the MLP hidden size ({self.mlp_dim})", model_parallel)
         mp, dp = model_parallel, data_parallel
         if self.use_mlp:
             # Megatron-style: dense_in splits its output units, dense_out its input units (then sums the parts).
@@ -134,4 +138,3 @@ class PrefixCore(nn.Cell):
         # Tile splits a tiled axis by dividing its multiple, so the batch axis can be split although the input's is 1.
         shard_op(self.tile, ((1, dp, mp, 1, 1),), "data_parallel", owner, (5,))
         shard_op(self.dropout.dropout, ((1, dp, mp, 1, 1),), "data_parallel", owner, (5,))
-        return dp, mp

@@ -1,5 +1,6 @@
 """Prefix-Tuning: trainable key and value prefixes for one attention block (Li & Liang, 2021)."""
 from mindpet.delta.prefix_core import PrefixCore, check_call_batch_size
+from mindpet.utils.shard_plan import Dim
 from mindpet.utils.validation import argument_error, check_positive_int, check_rate
 
 
@@ -123,7 +124,7 @@ class PrefixLayer(PrefixCore):
         over ``model_parallel`` too, and the call's batch size must be a multiple of ``data_parallel``.
 
         Args:
-            data_parallel (int): data-parallel devices. Default: 1.
+            data_parallel (int): data-parallel devices; must divide ``batch_size``. Default: 1.
             model_parallel (int): model-parallel devices; must divide ``num_heads`` and ``mid_dim``. Default: 1.
 
         Returns:
@@ -131,10 +132,14 @@ class PrefixLayer(PrefixCore):
 
         Raises:
             TypeError: ``data_parallel`` or ``model_parallel`` is not an int.
-            ValueError: either is <= 0, or ``model_parallel`` does not divide ``num_heads`` and ``mid_dim``.
+            ValueError: either is <= 0; ``data_parallel`` does not divide ``batch_size``; ``model_parallel`` does
+                not divide ``num_heads`` and ``mid_dim``; or, when a semi-auto or auto parallel context gives the
+                device count, ``data_parallel * model_parallel`` does not divide it.
         """
-        self._shard_core(data_parallel, model_parallel)
-        return self
+        return self._accept_strategies({"data_parallel": data_parallel, "model_parallel": model_parallel})
+
+    def _batch_dims(self):
+        return (Dim("batch_size", self.batch_size),)
 
     def extend_repr(self):
         return (f"prefix_token_num={self.prefix_token_num}, batch_size={self.batch_size}, "

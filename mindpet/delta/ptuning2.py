@@ -119,13 +119,17 @@ class PrefixEncoder(PrefixCore):
 
         Raises:
             TypeError: ``data_parallel`` or ``model_parallel`` is not an int.
-            ValueError: either is <= 0, or ``model_parallel`` does not divide ``num_heads`` (or ``projection_dim``).
+            ValueError: either is <= 0; ``model_parallel`` does not divide ``num_heads`` (or ``projection_dim``);
+                or, when a semi-auto or auto parallel context gives the device count,
+                ``data_parallel * model_parallel`` does not divide it.
         """
-        data_parallel, model_parallel = self._shard_core(data_parallel, model_parallel)
+        return self._accept_strategies({"data_parallel": data_parallel, "model_parallel": model_parallel})
+
+    def _apply_degrees(self, data_parallel, model_parallel):
+        super()._apply_degrees(data_parallel, model_parallel)
         layout = ((1, data_parallel, model_parallel, 1, 1),)
         shard_op(self.cast, layout, "data_parallel", type(self).__name__, (5,))
         shard_op(self.split_layers, layout, "data_parallel", type(self).__name__, (5,))
-        return self
 
     def extend_repr(self):
         return (f"pre_seq_len={self.pre_seq_len}, num_layers={self.num_layers}, num_heads={self.num_heads}, "

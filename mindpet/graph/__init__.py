@@ -8,6 +8,8 @@ _EXPORTS = {
     "TrainableParamsCheckPoint": "mindpet.graph.ckpt_util",
     "load_delta_checkpoint": "mindpet.graph.ckpt_util",
     "DeltaLoadResult": "mindpet.graph.ckpt_util",
+    "check_shard_strategies": "mindpet.graph.strategy_check",
+    "merge_sliced_delta_checkpoints": "mindpet.graph.distributed_ckpt",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -73,7 +73,7 @@ def _snapshot(tensor):
     return Tensor.from_numpy(tensor.asnumpy().copy())
 
 
-def _save_atomically(entries, append_dict, file_path, config):
+def save_atomically(entries, append_dict, file_path, config):
     """Write ``entries`` to ``file_path`` so that the path holds either its old content or the complete new file.
 
     MindSpore's writer removes an existing file before writing and leaves its own temporary file behind on failure,
@@ -230,7 +230,7 @@ class TrainableParamsCheckPoint(ModelCheckpoint):
         return f"{self._prefix}-{cb_params.cur_epoch_num}_{step_in_epoch}.{self._config.format}"
 
     def _write(self, entries, append_dict, file_path, prefix, previous_keep_time):
-        _save_atomically(entries, append_dict, file_path, self._config)
+        save_atomically(entries, append_dict, file_path, self._config)
         # Old files go only once the new one is in place, so a failed save never costs an older file.
         self._remove_outdated_files(file_path, prefix, previous_keep_time)
 
