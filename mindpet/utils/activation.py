@@ -159,12 +159,22 @@ def build_activation(activation, arg_name, owner):
     raise argument_error(TypeError, owner, arg_name, "a str, Cell, Primitive or None", activation)
 
 
+def activation_input_layout(strategy):
+    """An activation strategy in the operator's own spelling, ``((dp, mp),)``.
+
+    The MindPet manual's LoRADense example writes it as ``((dp, mp), (dp, mp))``: an input and an equal output
+    layout. That spelling is folded to the input's layout; anything else is returned unchanged for checking.
+    """
+    if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
+        return strategy[:1]
+    return strategy
+
+
 def shard_activation(activation, strategy, arg_name, owner):
     """Split ``activation`` (from :func:`build_activation`) with ``strategy``, the layout of its 2-D input.
 
-    ``strategy`` holds one layout, ``((dp, mp),)``. The MindPet manual's LoRADense example writes it as
-    ``((dp, mp), (dp, mp))``: an input and an equal output layout, which is accepted too. A Cell that is not a
-    :class:`ShardableActivation` can be split only if it holds exactly one primitive.
+    ``strategy`` holds one layout, ``((dp, mp),)``, or the manual's pair (see :func:`activation_input_layout`).
+    A Cell that is not a :class:`ShardableActivation` can be split only if it holds exactly one primitive.
 
     Raises:
         ValueError: a malformed strategy, a strategy for a cell without activation, or a Cell whose primitives
@@ -174,9 +184,7 @@ def shard_activation(activation, strategy, arg_name, owner):
         return
     if activation is None:
         raise argument_error(ValueError, owner, arg_name, "None because the cell has no activation", strategy)
-    if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
-        strategy = strategy[:1]
-    (layout,) = check_strategy(strategy, arg_name, owner, input_ranks=(2,))
+    (layout,) = check_strategy(activation_input_layout(strategy), arg_name, owner, input_ranks=(2,))
     if isinstance(activation, ShardableActivation):
         activation.shard_layout(layout)
         return

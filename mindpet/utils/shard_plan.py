@@ -32,7 +32,7 @@ from mindspore.communication._comm_helper import GlobalComm
 from mindspore.ops import operations as P
 from mindspore.parallel._auto_parallel_context import auto_parallel_context
 
-from mindpet.utils.activation import shard_activation
+from mindpet.utils.activation import activation_input_layout, shard_activation
 from mindpet.utils.shard import check_strategy
 from mindpet.utils.validation import argument_error, check_positive_int
 
@@ -109,19 +109,12 @@ def primitive_op(arg_name, primitive, inputs, output_tensor, refusal=None):
     return ShardedOp(arg_name, inputs, Operand(output_tensor, output_dims), primitive.shard, refusal)
 
 
-def _input_layout_of_pair(strategy):
-    """The manual writes an activation strategy as equal input and output layouts; the operator takes the input's."""
-    if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
-        return strategy[:1]
-    return strategy
-
-
 def activation_op(arg_name, activation, owner, source, output_tensor):
     """A :class:`ShardedOp` that splits every primitive of ``activation`` (None: the cell has none) like ``source``."""
     refusal = None if activation is not None else "None because the cell has no activation"
     return ShardedOp(arg_name, (source,), Operand(output_tensor, source.dims),
                      lambda strategy: shard_activation(activation, strategy, arg_name, owner), refusal,
-                     _input_layout_of_pair)
+                     activation_input_layout)
 
 
 def _normalized(op, strategy):
