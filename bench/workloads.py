@@ -1,0 +1,51 @@
+"""The two benchmarked models and the methods each supports, behind one interface."""
+from dataclasses import dataclass
+
+from bench import encoder, mlp
+from bench.param_counts import encoder_counts, mlp_counts
+from bench.training import train_runner
+
+METHODS = ("full", "lora", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
+MODELS = ("mlp", "encoder")
+# Methods that do not apply to a model, with the reason the report prints instead of a number.
+NOT_APPLICABLE = {"mlp": mlp.NOT_APPLICABLE, "encoder": {}}
+_BUILDERS = {"mlp": (mlp.build_mlp, mlp.mlp_batch, mlp.mlp_loss),
+             "encoder": (encoder.build_encoder, encoder.encoder_batch, encoder.encoder_loss)}
+
+
+@dataclass
+class Workload:
+    """A network frozen for one method, a batch and a loss: everything one training step needs."""
+
+    net: object
+    inputs: tuple
+    target: object
+    loss_fn: object
+
+    def train_runner(self):
+        """A callable running one compiled training step (the first call compiles)."""
+        return train_runner(self.net, self.loss_fn, self.inputs, self.target)
+
+
+def applicable_methods(model):
+    return [method for method in METHODS if method not in NOT_APPLICABLE[model]]
+
+
+def build_workload(model, method, preset):
+    """The :class:`Workload` of ``method`` on ``model`` (``'mlp'`` or ``'encoder'``) at ``preset``'s shapes."""
+    build_net, make_batch, make_loss = _BUILDERS[model]
+    inputs, target = make_batch(preset)
+    return Workload(build_net(method, preset), inputs, target, make_loss())
+
+
+def analytic_counts(model, method, preset):
+    """``(trainable, total)`` parameters of the workload, derived from the shapes alone."""
+    if model == "mlp":
+        return mlp_counts(method, preset)
+    return encoder_counts(method, encoder.encoder_config(preset), preset.num_labels)
+
+
+def network_counts(net):
+    """``(trainable, total)`` parameters read from a built network."""
+    return (sum(param.size for param in net.trainable_params()),
+            sum(param.size for param in net.get_parameters()))
