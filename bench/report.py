@@ -15,6 +15,7 @@ MODEL_TITLES = {"mlp": "MLP", "encoder": "Encoder"}
 # (key in results["lora_overhead"], what is compared, target or None)
 LORA_ROWS = (("train_lora_dense_vs_hand_written", "training step: LoRADense / hand-written LoRA", 1.05),
              ("forward_merged_vs_dense", "forward: merged LoRADense / nn.Dense", 1.02),
+             ("forward_unloaded_vs_dense", "forward: merge_and_unload(LoRA) / nn.Dense", 1.02),
              ("forward_unmerged_vs_merged", "forward: unmerged LoRADense / merged LoRADense", None),
              ("forward_hand_written_vs_dense", "forward: hand-written LoRA (unmerged) / nn.Dense", None))
 CHECKPOINT_FORMAT = "ckpt"

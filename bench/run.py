@@ -3,7 +3,8 @@
 Measures, for the MLP and the transformer encoder, in GRAPH mode: each method's training step time over full
 fine-tuning's (interleaved runs), its training process's peak memory over full fine-tuning's (one process each),
 its delta checkpoint's size, and its trainable parameters against the analytic count; and, for LoRA, LoRADense's
-step time over a hand-written LoRA layer's and the merged and unmerged forward times over nn.Dense's. Writes
+step time over a hand-written LoRA layer's and the merged, merged-and-unloaded and unmerged forward times over
+nn.Dense's. Writes
 ``benchmarks.json``, ``benchmarks.md`` and (with matplotlib) ``benchmarks.png`` to ``--out``.
 """
 import argparse
@@ -128,7 +129,7 @@ def _profiled(runners, names, preset):
 
 
 def _lora_overhead(preset):
-    """LoRADense against the hand-written layer (training) and merged/unmerged against nn.Dense (inference),
+    """LoRADense against the hand-written layer (training) and merged/unloaded/unmerged against nn.Dense (inference),
     timed interleaved and then broken down per operator by the profiler (last: profiling slows what runs)."""
     instances = preset.overhead_instances
     train_runners = _timed_runners((("lora", functools.partial(_train_runner, "mlp", "lora", preset)),
@@ -149,6 +150,7 @@ def _lora_overhead(preset):
     return {"instances": instances,
             "train_lora_dense_vs_hand_written": _compare(train_times, train_spread, "lora", HAND_WRITTEN),
             "forward_merged_vs_dense": _compare(forward_times, forward_spread, "merged", "dense"),
+            "forward_unloaded_vs_dense": _compare(forward_times, forward_spread, "unloaded", "dense"),
             "forward_unmerged_vs_merged": _compare(forward_times, forward_spread, "unmerged", "merged"),
             "forward_hand_written_vs_dense": _compare(forward_times, forward_spread, "hand_written", "dense"),
             "train_times_s": train, "forward_times_s": forward, "check": forward_sets[0][1],

@@ -26,8 +26,8 @@ MEMORY_FIELDS = {"baseline_kib", "peak_kib", "peak_ratio", "increment_kib", "inc
 CHECKPOINT_FIELDS = {"tensors", "delta_bytes", "payload_bytes", "overhead_bytes", "name_bytes",
                      "overhead_per_tensor", "size_ratio", "full_bytes", "share_of_full"}
 TRAINABLE_FIELDS = {"network", "analytic", "total_network", "total_analytic", "share"}
-LORA_OVERHEAD_RATIOS = ("train_lora_dense_vs_hand_written", "forward_merged_vs_dense", "forward_unmerged_vs_merged",
-                        "forward_hand_written_vs_dense")
+LORA_OVERHEAD_RATIOS = ("train_lora_dense_vs_hand_written", "forward_merged_vs_dense", "forward_unloaded_vs_dense",
+                        "forward_unmerged_vs_merged", "forward_hand_written_vs_dense")
 FLOAT32_BYTES = 4
 # Keys naming a ratio: "ratio", "ratio_min", "peak_ratio", "share", "share_of_full", "instance_spread" (not
 # "duration_s").
@@ -125,11 +125,14 @@ def test_delta_payload_is_trainable_parameters_times_element_size(results):
 def test_merged_forward_matches_unmerged(results):
     check = results["lora_overhead"]["check"]
     assert check["merged_vs_unmerged_max_abs_diff"] < 1e-4
+    assert check["unloaded_vs_unmerged_max_abs_diff"] < 1e-4
     assert check["unmerged_vs_dense_max_abs_diff"] > 1e-3
 
 
 def test_markdown_has_a_row_per_method(run_dir):
     text = (run_dir / report.MARKDOWN_NAME).read_text(encoding="utf-8")
+    for _, title, _ in report.LORA_ROWS:
+        assert f"| {title} |" in text
     for model in MODELS:
         for method in METHODS:
             assert f"| {report.MODEL_TITLES[model]} | {method} |" in text

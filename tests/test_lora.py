@@ -6,7 +6,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindpet.delta import LoRADense
+from mindpet.delta import LoRADense, merge_and_unload
 from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
 
@@ -335,3 +335,108 @@ def test_accepted_edge_values():
     cell = _make(lora_dropout=0, lora_alpha=-2, activation="GELU", lora_b_init=0.5)
     assert cell.scaling == pytest.approx(-2 / RANK)
     assert np.allclose(cell.mindpet_delta_lora_b.asnumpy(), 0.5)
+
+
+# merge_and_unload: every placement of a LoRADense, each with another bias/activation combination.
+UNLOAD_CASES = [("sequential", True, None), ("attribute", False, "relu_primitive"), ("cell_list", True, "gelu"),
+                ("top", False, "tanh_cell")]
+
+
+class _Block(nn.Cell):
+    def __init__(self, layer):
+        super().__init__()
+        self.proj = layer
+
+    def construct(self, x):
+        return self.proj(x)
+
+
+class _Nested(nn.Cell):
+    """The layer two attributes deep, so its parameter names carry two prefixes (``block.proj.weight``)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.block = _Block(layer)
+
+    def construct(self, x):
+        return self.block(x)
+
+
+class _Listed(nn.Cell):
+    def __init__(self, layer):
+        super().__init__()
+        self.layers = nn.CellList([layer])
+
+    def construct(self, x):
+        return self.layers[0](x)
+
+
+def placed(placement, layer):
+    return {"top": lambda: layer, "sequential": lambda: nn.SequentialCell([nn.ReLU(), layer]),
+            "attribute": lambda: _Nested(layer), "cell_list": lambda: _Listed(layer)}[placement]()
+
+
+def lora_network(placement, weights, activation):
+    return placed(placement, build_lora(weights, compute_dtype=ms.float32, activation=make_activation(activation)))
+
+
+def plain_network(placement, weights, activation):
+    layer = nn.Dense(IN, OUT, weight_init=Tensor(weights["weight"]), has_bias="bias" in weights,
+                     bias_init=Tensor(weights["bias"]) if "bias" in weights else "zeros",
+                     activation=make_activation(activation))
+    return placed(placement, layer)
+
+
+def base_names(network):
+    return [param.name for param in network.get_parameters() if "lora" not in param.name]
+
+
+@pytest.mark.parametrize("placement, has_bias, activation", UNLOAD_CASES)
+def test_unloaded_network_computes_what_the_lora_network_did(mode, placement, has_bias, activation):
+    weights = random_weights(np.random.default_rng(40), has_bias=has_bias)
+    x = Tensor(np.random.default_rng(41).standard_normal((2, 3, IN)).astype(np.float32))
+    # A separate network gives the unmerged outputs: in GRAPH mode a network called before keeps its old graph.
+    expected = lora_network(placement, weights, activation)(x).asnumpy()
+    network = lora_network(placement, weights, activation)
+    names = base_names(network)
+    assert sum("lora" in param.name for param in network.get_parameters()) == 3
+    unloaded = merge_and_unload(network)
+    assert unloaded is network if placement != "top" else type(unloaded) is nn.Dense
+    assert not any(isinstance(cell, LoRADense) for _, cell in unloaded.cells_and_names())
+    assert [param.name for param in unloaded.get_parameters()] == names
+    np.testing.assert_allclose(unloaded(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("placement, has_bias, activation", UNLOAD_CASES)
+def test_checkpoint_of_unloaded_network_loads_into_the_plain_model(graph_mode, tmp_path, placement, has_bias,
+                                                                   activation):
+    weights = random_weights(np.random.default_rng(42), has_bias=has_bias)
+    unloaded = merge_and_unload(lora_network(placement, weights, activation))
+    path = str(tmp_path / "unloaded.ckpt")
+    ms.save_checkpoint(unloaded, path)
+    plain = plain_network(placement, random_weights(np.random.default_rng(43), has_bias=has_bias), activation)
+    assert base_names(plain) == [param.name for param in unloaded.get_parameters()]
+    params_not_loaded, checkpoint_not_loaded = ms.load_param_into_net(plain, ms.load_checkpoint(path))
+    assert params_not_loaded == [] and checkpoint_not_loaded == []
+    x = Tensor(np.random.default_rng(44).standard_normal((4, IN)).astype(np.float32))
+    np.testing.assert_allclose(plain(x).asnumpy(), unloaded(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_unload_merges_once_and_replaces_a_shared_cell_once(graph_mode):
+    weights = random_weights(np.random.default_rng(45))
+    cell = build_lora(weights, compute_dtype=ms.float32).merge()
+    merged_weight = cell.weight.asnumpy().copy()
+    network = nn.SequentialCell([cell, nn.ReLU(), cell])
+    merge_and_unload(network)
+    assert network[0] is network[2] and type(network[0]) is nn.Dense
+    assert np.array_equal(network[0].weight.asnumpy(), merged_weight)
+
+
+def test_unload_refuses_a_compute_dtype_other_than_the_parameters_and_changes_nothing():
+    network = nn.SequentialCell([build_lora(random_weights(np.random.default_rng(46)), compute_dtype=ms.float32),
+                                 build_lora(random_weights(np.random.default_rng(47)), compute_dtype=ms.float16)])
+    with pytest.raises(ValueError, match=r"'network'.*'1' stores Float32 and computes in Float16"):
+        merge_and_unload(network)
+    assert all(isinstance(layer, LoRADense) and not layer.merged for layer in network)
+    with pytest.raises(TypeError, match="'network' must be a Cell"):
+        merge_and_unload("net")

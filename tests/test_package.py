@@ -7,6 +7,7 @@ import pytest
 
 @pytest.mark.parametrize("module,name", [
     ("mindpet.delta", "LoRADense"),
+    ("mindpet.delta", "merge_and_unload"),
     ("mindpet.delta.lora", "LoRADense"),
     ("mindpet.delta", "AdapterLayer"),
     ("mindpet.delta", "AdapterDense"),

@@ -3,6 +3,7 @@ from mindpet.utils.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "LoRADense": "mindpet.delta.lora",
+    "merge_and_unload": "mindpet.delta.lora",
     "AdapterLayer": "mindpet.delta.adapter",
     "AdapterDense": "mindpet.delta.adapter",
     "LowRankAdapterLayer": "mindpet.delta.low_rank_adapter",

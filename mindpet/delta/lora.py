@@ -12,7 +12,7 @@ from mindpet.utils.logger import logger
 from mindpet.utils.naming import delta_attr_name
 from mindpet.utils.param_init import make_parameter
 from mindpet.utils.shard_plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
-from mindpet.utils.validation import check_nonzero_number, check_positive_int, check_rate
+from mindpet.utils.validation import argument_error, check_nonzero_number, check_positive_int, check_rate
 
 LORA_A = delta_attr_name("lora", "a")
 LORA_B = delta_attr_name("lora", "b")
@@ -230,3 +230,101 @@ class LoRADense(ShardValidated, DenseCore):
     def extend_repr(self):
         return (f"{super().extend_repr()}, lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, "
                 f"lora_dropout={self.lora_dropout_rate}")
+
+
+def _plain_dense(cell):
+    """The merged ``cell`` as an ``nn.Dense`` holding the very same ``weight``/``bias`` Parameters (and activation)."""
+    if not cell.merged:
+        cell.merge()
+    dense = nn.Dense(cell.in_channels, cell.out_channels, weight_init="zeros", bias_init="zeros",
+                     has_bias=cell.has_bias, activation=cell.activation, dtype=cell.param_init_type)
+    # Reusing the Parameter objects keeps their values, names and any sharing without a copy.
+    dense.weight = cell.weight
+    if cell.has_bias:
+        dense.bias = cell.bias
+    return dense
+
+
+def _replace_child(parent, key, child):
+    """Put ``child`` where ``parent`` holds the cell registered under ``key``, the way ``parent`` stores cells."""
+    if isinstance(parent, (nn.SequentialCell, nn.CellList)):
+        # Both keep their own index besides ``_cells`` (SequentialCell's ``cell_list``); item assignment updates it.
+        parent[list(parent._cells).index(key)] = child  # pylint: disable=protected-access
+    elif isinstance(parent, nn.CellDict):
+        parent[key] = child
+    else:
+        setattr(parent, key, child)
+
+
+def _check_unloadable(cell, where):
+    if cell.compute_dtype != cell.param_init_type:
+        raise argument_error(ValueError, "merge_and_unload", "network",
+                             f"a network whose LoRADense cells compute in their parameters' dtype, as nn.Dense does "
+                             f"(the cell '{where or 'network'}' stores {cell.param_init_type} and computes in "
+                             f"{cell.compute_dtype})", type(cell).__name__)
+
+
+def merge_and_unload(network):
+    """Merge every :class:`LoRADense` in ``network`` and replace it by a plain ``nn.Dense``, for inference.
+
+    A merged LoRADense still runs its (switched-off) rank-``r`` branch; the ``nn.Dense`` that replaces it runs
+    only ``x W^T + b`` and the activation. Each replacement has the LoRADense's ``in_channels``,
+    ``out_channels``, ``has_bias`` and activation, and holds the very same ``weight`` and ``bias`` Parameters
+    (``weight`` merged), so parameter names such as ``layers.0.weight`` stay those of the pretrained model and a
+    checkpoint of the result loads into the model built with ``nn.Dense``. Cells are found in plain attributes,
+    ``nn.SequentialCell``, ``nn.CellList`` and ``nn.CellDict``; a LoRADense held in two places is replaced by one
+    ``nn.Dense`` in both. Cells not yet merged are merged first (see :meth:`LoRADense.merge`).
+
+    Afterwards the network holds no LoRA parameters: it cannot be unmerged and its LoRA cannot be trained. The
+    network is changed in place, and in GRAPH mode a network that was called before keeps running the graph
+    compiled then, which still holds the replaced (merged) LoRADense cells: its outputs stay right but it gets no
+    faster. Call ``merge_and_unload`` before the network's first call (or on a newly built network loaded from the
+    checkpoint) so that the graph is compiled from the new ``nn.Dense`` cells.
+
+    ``nn.Dense`` computes in its weight's dtype, so a LoRADense whose ``compute_dtype`` differs from its
+    ``param_init_type`` (for example float32 parameters computed in float16, the LoRADense default) cannot be
+    replaced without changing its numbers; such a network is refused before anything is changed.
+
+    Args:
+        network (Cell): the network, or a LoRADense itself.
+
+    Returns:
+        Cell, ``network`` changed in place; the new ``nn.Dense`` when ``network`` is a LoRADense.
+
+    Raises:
+        TypeError: ``network`` is not a Cell.
+        ValueError: a LoRADense in ``network`` computes in another dtype than its parameters'.
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> from mindpet.delta import LoRADense, merge_and_unload
+        >>> net = nn.SequentialCell([LoRADense(8, 4, lora_rank=2, lora_alpha=4, lora_b_init="normal",
+        ...                                    compute_dtype=ms.float32), nn.ReLU()])
+        >>> x = ms.Tensor(np.ones((3, 8)), ms.float32)
+        >>> before = net(x).asnumpy()
+        >>> net = merge_and_unload(net)
+        >>> type(net[0]).__name__, [param.name for param in net.get_parameters()]
+        ('Dense', ['0.weight', '0.bias'])
+        >>> bool(np.allclose(net(x).asnumpy(), before, atol=1e-5))
+        True
+    """
+    if not isinstance(network, nn.Cell):
+        raise argument_error(TypeError, "merge_and_unload", "network", "a Cell", network)
+    found = [(where, cell) for where, cell in network.cells_and_names() if isinstance(cell, LoRADense)]
+    for where, cell in found:
+        _check_unloadable(cell, where)
+    names = {id(param): param.name for _, cell in found for param in cell.get_parameters()}
+    replacements = {id(cell): _plain_dense(cell) for _, cell in found}
+    if isinstance(network, LoRADense):
+        network = replacements[id(network)]
+    for parent in [cell for _, cell in network.cells_and_names()]:
+        for key, child in list(parent._cells.items()):  # pylint: disable=protected-access
+            if isinstance(child, LoRADense):
+                _replace_child(parent, key, replacements[id(child)])
+    # Inserting a cell renames its parameters after the key in its direct parent only; restore the full names.
+    for dense in replacements.values():
+        for param in dense.get_parameters():
+            param.name = names.get(id(param), param.name)
+    return network
