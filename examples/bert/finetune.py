@@ -1,0 +1,251 @@
+"""Fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes sentiment with one mindpet method, offline on a CPU.
+
+The steps a user takes, in order:
+
+1. Build the model with the method in its source (``BertClassifier(config, 2, method=...)``: LoRADense for query
+   and value, adapter cells, or a prefix encoder) and load the pretrained weights; every weight must map.
+2. ``freeze_for_method``: ``freeze_delta(net, mode, exclude=['*classifier*'])``, before building the optimizer.
+3. ``Model.train`` with ``TrainableParamsCheckPoint`` (saves only the trained parameters), ``LossMonitor`` and
+   ``TimeMonitor``.
+4. Accuracy on held-out snippets, then the delta is reloaded with ``load_delta_checkpoint`` into a freshly built
+   pretrained model, which must give the same logits.
+
+Run (defaults: LoRA r=8 on query and value, 2,400 training snippets, 2 epochs of batch 32 = 150 steps, 1,000
+held-out snippets, about 4 minutes on 2 CPU cores)::
+
+    python examples/bert/finetune.py
+    python examples/bert/finetune.py --method adapter --seed 1 --result-json results.jsonl
+
+``--method lora_rdrop`` trains LoRA with the R-Drop loss (``RDropLoss`` on ``rdrop_repeat``-ed batches): every
+step runs the forward pass on twice the batch.
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+if __package__ in (None, ""):
+    # Run as a script: make the ``bert`` package (this folder) importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
+from mindspore.dataset import NumpySlicesDataset  # noqa: E402
+from mindspore.train import Callback, CheckpointConfig, LossMonitor, Model, TimeMonitor  # noqa: E402
+
+from mindpet.delta import RDropLoss, rdrop_repeat  # noqa: E402
+from mindpet.graph import TrainableParamsCheckPoint, load_delta_checkpoint  # noqa: E402
+
+from bert.data import encode_reviews, load_tokenizer, read_reviews, split_reviews  # noqa: E402
+from bert.methods import METHODS, freeze_for_method  # noqa: E402
+from bert.modeling import BertClassifier, BertConfig  # noqa: E402
+from bert.weights import load_pretrained, model_file, read_pretrained  # noqa: E402
+
+NUM_LABELS = 2
+EVAL_BATCH_SIZE = 100
+MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+WARMUP_SHARE = 0.1
+# The better peak learning rate of each method's two-rate grid (docs/results.md).
+DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
+               "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2}
+
+
+class ClassifierWithLoss(nn.Cell):
+    """The classifier and its loss: cross-entropy, or with `rdrop_alpha` the R-Drop loss on a doubled batch."""
+
+    def __init__(self, net, rdrop_alpha=None):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.use_rdrop = rdrop_alpha is not None
+        self.rdrop_alpha = rdrop_alpha
+        self.loss = RDropLoss() if self.use_rdrop else nn.CrossEntropyLoss()
+
+    def construct(self, input_ids, attention_mask, labels):
+        if self.use_rdrop:
+            input_ids, attention_mask, labels = rdrop_repeat(input_ids, attention_mask, labels)
+            return self.loss(self.net(input_ids, attention_mask), labels, self.rdrop_alpha)
+        return self.loss(self.net(input_ids, attention_mask), labels)
+
+
+class StepTimer(Callback):
+    """Wall time of every training step; the first includes graph compilation."""
+
+    def __init__(self):
+        super().__init__()
+        self.step_seconds = []
+        self._start = None
+
+    def on_train_step_begin(self, run_context):
+        self._start = time.perf_counter()
+
+    def on_train_step_end(self, run_context):
+        self.step_seconds.append(time.perf_counter() - self._start)
+
+
+def warmup_linear_decay(peak_lr, total_steps):
+    """Per-step learning rates: linear warm-up over the first 10% of the steps, then linear decay to 0."""
+    warmup_steps = max(1, int(WARMUP_SHARE * total_steps))
+    steps = np.arange(total_steps, dtype=np.float64)
+    warmup = (steps + 1) / warmup_steps
+    decay = (total_steps - steps) / max(1, total_steps - warmup_steps)
+    return np.minimum(warmup, decay).clip(0.0, 1.0).astype(np.float32) * peak_lr
+
+
+def build_model(config, method, weights=None, **method_options):
+    """A ``BertClassifier`` for `method`, pretrained weights loaded when `weights` is given, frozen for `method`.
+
+    Returns:
+        tuple of the network and the sorted names of its trainable parameters.
+    """
+    net = BertClassifier(config, NUM_LABELS, method=method, **method_options)
+    if weights is not None:
+        load_pretrained(net, weights)
+    return net, freeze_for_method(net, method)
+
+
+def parameter_counts(net):
+    """(trainable elements, all elements) of `net`'s parameters."""
+    params = list(net.get_parameters())
+    return sum(p.size for p in params if p.requires_grad), sum(p.size for p in params)
+
+
+def train(net, train_data, lr, epochs, batch_size, seed, output_dir, rdrop_alpha=None, print_every=25):
+    """Train the trainable parameters of `net` with ``Model.train``; the delta checkpoint goes to `output_dir`.
+
+    Args:
+        net (BertClassifier): A frozen network (see :func:`build_model`).
+        train_data (EncodedReviews): The training snippets.
+        lr (float): Peak learning rate of AdamW (warm-up then linear decay, no weight decay).
+        epochs (int): Passes over `train_data`.
+        batch_size (int): Snippets per step; the last incomplete batch of an epoch is dropped.
+        seed (int): Seed of the shuffle order.
+        output_dir (str): Folder of the delta checkpoint.
+        rdrop_alpha (float, optional): Train with R-Drop of this weight. Default: ``None``, plain cross-entropy.
+        print_every (int): Steps between loss lines. Default: 25.
+
+    Returns:
+        tuple of the delta checkpoint path, the step wall times in seconds, and the training wall time.
+    """
+    ms.dataset.config.set_seed(seed)
+    dataset = NumpySlicesDataset(train_data.columns(), shuffle=True).batch(batch_size, drop_remainder=True)
+    steps_per_epoch = dataset.get_dataset_size()
+    total_steps = epochs * steps_per_epoch
+    optimizer = nn.AdamWeightDecay(net.trainable_params(), Tensor(warmup_linear_decay(lr, total_steps)),
+                                   weight_decay=0.0)
+    model = Model(ClassifierWithLoss(net, rdrop_alpha), optimizer=optimizer)
+    os.makedirs(output_dir, exist_ok=True)
+    delta_saver = TrainableParamsCheckPoint(
+        prefix=f"{net.method}_lr{lr:g}_seed{seed}", directory=output_dir,
+        config=CheckpointConfig(save_checkpoint_steps=total_steps, keep_checkpoint_max=1))
+    timer = StepTimer()
+    callbacks = [delta_saver, LossMonitor(per_print_times=print_every), TimeMonitor(data_size=steps_per_epoch), timer]
+    start = time.perf_counter()
+    model.train(epochs, dataset, callbacks=callbacks, dataset_sink_mode=False)
+    return delta_saver.latest_ckpt_file_name, timer.step_seconds, time.perf_counter() - start
+
+
+def predict(net, data, batch_size=EVAL_BATCH_SIZE):
+    """Logits of `net` in eval mode for every snippet of `data`, shape ``(len(data), num_labels)``.
+
+    The last batch is padded to `batch_size` with copies of its first row, so one compiled graph serves all.
+    """
+    net.set_train(False)
+    logits = []
+    for start in range(0, len(data), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(data)))
+        padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
+        out = net(Tensor(data.input_ids[padded]), Tensor(data.attention_mask[padded])).asnumpy()
+        logits.append(out[:len(rows)])
+    return np.concatenate(logits)
+
+
+def accuracy(logits, labels):
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def method_options(args):
+    return {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "bottleneck_size": args.bottleneck_size,
+            "reduction_factor": args.reduction_factor, "pre_seq_len": args.pre_seq_len}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--method", choices=METHODS, default="lora")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the method's best in the grid)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialization, dropout and shuffling")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-train", type=int, default=2400, help="training snippets")
+    parser.add_argument("--num-eval", type=int, default=1000, help="held-out snippets")
+    parser.add_argument("--max-length", type=int, default=32, help="tokens per snippet after truncation")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=float, default=16)
+    parser.add_argument("--bottleneck-size", type=int, default=64, help="adapter width")
+    parser.add_argument("--reduction-factor", type=int, default=8, help="low-rank adapter: width = hidden / this")
+    parser.add_argument("--pre-seq-len", type=int, default=16, help="P-Tuning v2 prefix length")
+    parser.add_argument("--rdrop-alpha", type=float, default=4.0, help="R-Drop weight (method lora_rdrop)")
+    parser.add_argument("--mode", choices=sorted(MODES), default="graph", help="MindSpore execution mode")
+    parser.add_argument("--output-dir", default="mindpet_minilm", help="folder of the delta checkpoints")
+    parser.add_argument("--result-json", help="append one JSON line with the results to this file")
+    parser.add_argument("--skip-reload", action="store_true", help="skip the reload check (saves a compile)")
+    args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LRS[args.method]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ms.set_context(mode=MODES[args.mode])
+    ms.set_seed(args.seed)
+    np.random.seed(args.seed)
+
+    tokenizer = load_tokenizer(model_file("tokenizer.json"), args.max_length)
+    train_reviews, eval_reviews = split_reviews(read_reviews(), args.num_train, args.num_eval)
+    train_data, eval_data = encode_reviews(tokenizer, train_reviews), encode_reviews(tokenizer, eval_reviews)
+    config = BertConfig.from_json(model_file("config.json"))
+    weights = read_pretrained()
+
+    net, _ = build_model(config, args.method, weights, **method_options(args))
+    trainable, total = parameter_counts(net)
+    print(f"method {args.method}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    rdrop_alpha = args.rdrop_alpha if args.method == "lora_rdrop" else None
+    delta_path, step_seconds, train_seconds = train(net, train_data, args.lr, args.epochs, args.batch_size,
+                                                    args.seed, args.output_dir, rdrop_alpha)
+    logits = predict(net, eval_data)
+    acc = accuracy(logits, eval_data.labels)
+    result = {"method": args.method, "seed": args.seed, "lr": args.lr, "accuracy": acc,
+              "trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total,
+              "steps": len(step_seconds), "train_seconds": train_seconds,
+              "step_median_seconds": float(np.median(step_seconds)), "first_step_seconds": step_seconds[0],
+              "delta_path": os.path.abspath(delta_path), "delta_bytes": os.path.getsize(delta_path),
+              "mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size,
+              "num_train": args.num_train, "num_eval": args.num_eval, "max_length": args.max_length}
+    print(f"held-out accuracy {acc:.4f} on {len(eval_data)} snippets; {result['trainable_percent']:.2f}% "
+          f"trainable; delta checkpoint {result['delta_path']} ({result['delta_bytes'] / 1e6:.2f} MB)")
+
+    if not args.skip_reload:
+        fresh, _ = build_model(config, args.method, weights, **method_options(args))
+        load_delta_checkpoint(fresh, delta_path)
+        reloaded_logits = predict(fresh, eval_data)
+        result["reloaded_accuracy"] = accuracy(reloaded_logits, eval_data.labels)
+        result["reload_max_abs_logit_diff"] = float(np.max(np.abs(reloaded_logits - logits)))
+        print(f"reloaded the delta into a fresh pretrained model: accuracy {result['reloaded_accuracy']:.4f}, "
+              f"largest logit difference {result['reload_max_abs_logit_diff']:.2e}")
+        if result["reloaded_accuracy"] != acc:
+            raise RuntimeError("The reloaded delta does not reproduce the trained model's accuracy.")
+
+    # ru_maxrss is in KiB on Linux: the peak resident memory of this whole process.
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.result_json:
+        with open(args.result_json, "a", encoding="utf-8") as result_file:
+            result_file.write(json.dumps(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

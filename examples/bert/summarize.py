@@ -1,0 +1,96 @@
+"""Turn the JSON lines written by ``run_grid.py`` into the Markdown tables of ``docs/results.md``.
+
+For each method the learning rate is the one with the best held-out accuracy on the first seed; the main table
+averages every seed run at that rate. Step time comes from the short back-to-back timing runs (the grid's own
+step times depend on what else the shared machine ran meanwhile); peak memory is the smallest over the method's
+grid runs. Both are relative to full fine-tuning's.
+
+Run::
+
+    python examples/bert/summarize.py examples/bert/results/grid_runs.jsonl
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
+
+
+def read_runs(path):
+    with open(path, encoding="utf-8") as results:
+        return [json.loads(line) for line in results if line.strip()]
+
+
+def chosen_runs(runs, method, first_seed):
+    """The runs of `method` at the rate that did best on `first_seed`, and that rate."""
+    tuning = [run for run in runs if run["method"] == method and run["seed"] == first_seed]
+    best = max(tuning, key=lambda run: (run["accuracy"], -run["lr"]))
+    return [run for run in runs if run["method"] == method and run["lr"] == best["lr"]], best["lr"]
+
+
+def _smallest(runs, method, key):
+    return min(run[key] for run in runs if run["method"] == method)
+
+
+def _percent(value):
+    return f"{value:.2f}%" if value >= 0.1 else f"{value:.4f}%"
+
+
+def main_table(runs, timing_runs, first_seed):
+    methods = [method for method in METHOD_ORDER if any(run["method"] == method for run in runs)]
+    chosen = {method: chosen_runs(runs, method, first_seed) for method in methods}
+    step_seconds = {run["method"]: run["step_median_seconds"] for run in timing_runs}
+    smallest_rss = {method: _smallest(runs, method, "peak_rss_mb") for method in methods}
+    lines = ["| method | held-out accuracy, mean (min-max) | seeds | lr | trainable | step time / full | "
+             "peak RSS / full | delta checkpoint |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for method in methods:
+        method_runs, lr = chosen[method]
+        accuracies = [run["accuracy"] for run in method_runs]
+        seeds = ",".join(str(run["seed"]) for run in sorted(method_runs, key=lambda run: run["seed"]))
+        step_ratio = step_seconds[method] / step_seconds["full"]
+        memory_ratio = smallest_rss[method] / smallest_rss["full"]
+        size = method_runs[0]["delta_bytes"]
+        size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+        lines.append(f"| {method} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "
+                     f"{seeds} | {lr:g} | {_percent(method_runs[0]['trainable_percent'])} | {step_ratio:.2f} | "
+                     f"{memory_ratio:.2f} | {size_text} |")
+    return "\n".join(lines)
+
+
+def grid_table(runs):
+    lines = ["| method | lr | seed | accuracy | median step (s) | train wall (s) | peak RSS (MB) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    order = {method: index for index, method in enumerate(METHOD_ORDER)}
+    for run in sorted(runs, key=lambda run: (order[run["method"]], run["lr"], run["seed"])):
+        lines.append(f"| {run['method']} | {run['lr']:g} | {run['seed']} | {run['accuracy']:.4f} | "
+                     f"{run['step_median_seconds']:.2f} | {run['train_seconds']:.0f} | {run['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def timing_table(runs):
+    lines = ["| method | mode | steps | median step (s) | first step, with compilation (s) |",
+             "| --- | --- | --- | --- | --- |"]
+    for run in runs:
+        lines.append(f"| {run['method']} | {run['mode']} | {run['steps']} | {run['step_median_seconds']:.2f} | "
+                     f"{run['first_step_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("results", help="the JSON-lines file of run_grid.py")
+    parser.add_argument("--first-seed", type=int, default=0, help="the seed the learning rates were chosen on")
+    args = parser.parse_args()
+    runs = [run for run in read_runs(args.results) if run["mode"] == "graph"]
+    stem = os.path.splitext(args.results)[0]
+    timing_runs = read_runs(stem + "_timing.jsonl")
+    print(main_table(runs, timing_runs, args.first_seed), end="\n\n")
+    print(grid_table(runs), end="\n\n")
+    print(timing_table(timing_runs + read_runs(stem + "_modes.jsonl")))
+
+
+if __name__ == "__main__":
+    main()
