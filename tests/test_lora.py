@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindpet.delta import LoRADense, merge_and_unload
+from mindpet.delta.dense_core import DenseCore
 from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
 
@@ -432,11 +433,25 @@ def test_unload_merges_once_and_replaces_a_shared_cell_once(graph_mode):
     assert np.array_equal(network[0].weight.asnumpy(), merged_weight)
 
 
-def test_unload_refuses_a_compute_dtype_other_than_the_parameters_and_changes_nothing():
-    network = nn.SequentialCell([build_lora(random_weights(np.random.default_rng(46)), compute_dtype=ms.float32),
-                                 build_lora(random_weights(np.random.default_rng(47)), compute_dtype=ms.float16)])
-    with pytest.raises(ValueError, match=r"'network'.*'1' stores Float32 and computes in Float16"):
-        merge_and_unload(network)
-    assert all(isinstance(layer, LoRADense) and not layer.merged for layer in network)
+@pytest.mark.parametrize("compute_dtype", [ms.float16, ms.float32])
+def test_unload_keeps_a_mixed_precision_cell_computing_in_its_compute_dtype(mode, compute_dtype):
+    weights = random_weights(np.random.default_rng(46))
+    x = Tensor(np.random.default_rng(47).standard_normal((2, 3, IN)).astype(np.float32))
+    expected = build_lora(weights, compute_dtype=compute_dtype)(x).asnumpy()
+    network = nn.SequentialCell([build_lora(weights, compute_dtype=compute_dtype)])
+    names = base_names(network)
+    merge_and_unload(network)
+    replacement = network[0]
+    assert not isinstance(replacement, LoRADense)
+    assert type(replacement) is (nn.Dense if compute_dtype == ms.float32 else DenseCore)
+    assert [param.name for param in network.get_parameters()] == names
+    output = network(x)
+    assert output.dtype == ms.float32
+    # float16 rounds the merged weight and the product: compare at float16's precision.
+    tolerance = 1e-5 if compute_dtype == ms.float32 else 1e-2
+    np.testing.assert_allclose(output.asnumpy(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_unload_refuses_what_is_not_a_cell():
     with pytest.raises(TypeError, match="'network' must be a Cell"):
         merge_and_unload("net")

@@ -10,12 +10,14 @@ from mindpet.utils.validation import check_bool, check_positive_int
 
 
 class DenseCore(MixedPrecisionCell):
-    """``y = activation(x W^T + b)`` with ``nn.Dense``'s parameter names, so pretrained checkpoints load unchanged.
+    r"""``y = activation(x W^T + b)`` with ``nn.Dense``'s parameter names, so pretrained checkpoints load unchanged.
 
     Subclasses add a delta branch in ``construct`` using the helpers below: :meth:`_to_compute` flattens the
     input to 2-D and casts it once to ``compute_dtype``, :meth:`_dense` applies the frozen weight and bias,
     :meth:`_activate` the activation, and :meth:`_restore` brings back the leading dimensions and the input
-    dtype.
+    dtype. On its own the core is a Dense layer that computes in ``compute_dtype`` and returns the input's dtype;
+    :func:`mindpet.delta.merge_and_unload` uses it for merged LoRA cells whose compute dtype differs from their
+    parameters'.
 
     Args:
         in_channels (int): size of the last input dimension.
@@ -28,6 +30,12 @@ class DenseCore(MixedPrecisionCell):
         activation (Union[str, Cell, Primitive, None]): activation applied last. Default: ``None``.
         param_init_type (mindspore.dtype): dtype of the parameters, float32 or float16. Default: float32.
         compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+
+    Inputs:
+        - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
+
+    Outputs:
+        Tensor of shape :math:`(*, out\_channels)` and the dtype of ``x``.
     """
 
     def __init__(self, in_channels, out_channels, weight_init="normal", bias_init="zeros", has_bias=True,
@@ -48,6 +56,11 @@ class DenseCore(MixedPrecisionCell):
 
         self.matmul = P.MatMul(transpose_b=True)
         self.bias_add = P.BiasAdd()
+
+    def construct(self, x):
+        input_shape = x.shape
+        input_dtype = x.dtype
+        return self._restore(self._activate(self._dense(self._to_compute(x))), input_shape, input_dtype)
 
     def _dense(self, x):
         """``x W^T + b`` on a 2-D input already in the compute dtype."""

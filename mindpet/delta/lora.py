@@ -233,11 +233,20 @@ class LoRADense(ShardValidated, DenseCore):
 
 
 def _plain_dense(cell):
-    """The merged ``cell`` as an ``nn.Dense`` holding the very same ``weight``/``bias`` Parameters (and activation)."""
+    """The merged ``cell`` as a Dense layer holding the very same ``weight``/``bias`` Parameters (and activation).
+
+    That is an ``nn.Dense`` when the cell computes in its parameters' dtype, as ``nn.Dense`` does; otherwise a
+    :class:`DenseCore`, which computes in ``compute_dtype`` and returns the input's dtype, as the LoRADense did.
+    """
     if not cell.merged:
         cell.merge()
-    dense = nn.Dense(cell.in_channels, cell.out_channels, weight_init="zeros", bias_init="zeros",
-                     has_bias=cell.has_bias, activation=cell.activation, dtype=cell.param_init_type)
+    if cell.compute_dtype == cell.param_init_type:
+        dense = nn.Dense(cell.in_channels, cell.out_channels, weight_init="zeros", bias_init="zeros",
+                         has_bias=cell.has_bias, activation=cell.activation, dtype=cell.param_init_type)
+    else:
+        dense = DenseCore(cell.in_channels, cell.out_channels, weight_init="zeros", has_bias=cell.has_bias,
+                          activation=cell.activation, param_init_type=cell.param_init_type,
+                          compute_dtype=cell.compute_dtype)
     # Reusing the Parameter objects keeps their values, names and any sharing without a copy.
     dense.weight = cell.weight
     if cell.has_bias:
@@ -254,14 +263,6 @@ def _replace_child(parent, key, child):
         parent[key] = child
     else:
         setattr(parent, key, child)
-
-
-def _check_unloadable(cell, where):
-    if cell.compute_dtype != cell.param_init_type:
-        raise argument_error(ValueError, "merge_and_unload", "network",
-                             f"a network whose LoRADense cells compute in their parameters' dtype, as nn.Dense does "
-                             f"(the cell '{where or 'network'}' stores {cell.param_init_type} and computes in "
-                             f"{cell.compute_dtype})", type(cell).__name__)
 
 
 def merge_and_unload(network):
@@ -281,19 +282,20 @@ def merge_and_unload(network):
     faster. Call ``merge_and_unload`` before the network's first call (or on a newly built network loaded from the
     checkpoint) so that the graph is compiled from the new ``nn.Dense`` cells.
 
-    ``nn.Dense`` computes in its weight's dtype, so a LoRADense whose ``compute_dtype`` differs from its
-    ``param_init_type`` (for example float32 parameters computed in float16, the LoRADense default) cannot be
-    replaced without changing its numbers; such a network is refused before anything is changed.
+    ``nn.Dense`` computes in its weight's dtype. A LoRADense whose ``compute_dtype`` differs from its
+    ``param_init_type`` (for example float32 parameters computed in float16, the LoRADense default) is therefore
+    replaced by a :class:`~mindpet.delta.dense_core.DenseCore` instead, the frozen Dense core of mindpet's cells:
+    the same Parameters and names, computing in ``compute_dtype`` and returning the input's dtype, as the
+    LoRADense did.
 
     Args:
         network (Cell): the network, or a LoRADense itself.
 
     Returns:
-        Cell, ``network`` changed in place; the new ``nn.Dense`` when ``network`` is a LoRADense.
+        Cell, ``network`` changed in place; the new Dense layer when ``network`` is a LoRADense.
 
     Raises:
         TypeError: ``network`` is not a Cell.
-        ValueError: a LoRADense in ``network`` computes in another dtype than its parameters'.
 
     Examples:
         >>> import numpy as np
@@ -313,8 +315,6 @@ def merge_and_unload(network):
     if not isinstance(network, nn.Cell):
         raise argument_error(TypeError, "merge_and_unload", "network", "a Cell", network)
     found = [(where, cell) for where, cell in network.cells_and_names() if isinstance(cell, LoRADense)]
-    for where, cell in found:
-        _check_unloadable(cell, where)
     names = {id(param): param.name for _, cell in found for param in cell.get_parameters()}
     replacements = {id(cell): _plain_dense(cell) for _, cell in found}
     if isinstance(network, LoRADense):
