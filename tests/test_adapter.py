@@ -198,7 +198,7 @@ def test_gradients_reach_every_delta_parameter(mode, kind):
 ADAPTER_MANUAL = dict(
     strategy_matmul_down_sampler=((2, 1), (1, 1)), strategy_bias_down_sampler=((2, 1), (1,)),
     strategy_non_linearity=((2, 1),), strategy_matmul_up_sampler=((2, 1), (1, 1)),
-    strategy_bias_up_sampler=((2, 1), (1,)), strategy_residential_add=((2, 1), (2, 1)))
+    strategy_bias_up_sampler=((2, 1), (1,)), strategy_residual_add=((2, 1), (2, 1)))
 LOW_RANK_MANUAL = dict(
     strategy_matmul_down_sampler_weight=((1, 1), (1, 1)), strategy_matmul_down_sampler_input=((2, 1), (1, 1)),
     strategy_bias_down_sampler=((2, 1), (1,)), strategy_non_linearity=((2, 1),),
@@ -239,15 +239,13 @@ class TestShard:
         expected = reference(kind, x, weights, "gelu", activation="relu" if kwargs else None)
         np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), expected, rtol=1e-5, atol=1e-5)
 
-    def test_residual_add_is_the_documented_name_and_the_alias_must_agree(self):
+    def test_residual_add_is_the_only_spelling(self):
         cell = AdapterLayer(HIDDEN, BOTTLENECK)
         cell.shard(strategy_residual_add=((4, 1), (4, 1)))
         assert cell.residual_add.in_strategy == ((4, 1), (4, 1))
-        cell.shard(strategy_residual_add=((2, 1), (2, 1)), strategy_residential_add=((2, 1), (2, 1)))
-        with pytest.raises(ValueError, match="'strategy_residential_add' is an alias of 'strategy_residual_add'"):
-            cell.shard(strategy_residual_add=((2, 1), (2, 1)), strategy_residential_add=((4, 1), (4, 1)))
-        with pytest.raises(ValueError, match="strategy_residential_add"):
-            cell.shard(strategy_residential_add=((2, 1),))
+        # MindPet 1.0.4 refused the manual's misspelling too, so no code depends on it.
+        with pytest.raises(TypeError, match="strategy_residential_add"):
+            cell.shard(strategy_residential_add=((2, 1), (2, 1)))
 
     @pytest.mark.parametrize("kind", ["adapter_layer", "low_rank_dense"])
     @pytest.mark.parametrize("non_linearity", ["gelu", "relu", "tanh", "leakyrelu", "silu", "sigmoid", "softmax"])
@@ -269,7 +267,6 @@ class TestShard:
         ("adapter_layer", "strategy_residual_add", ((2, 1), (2, 1), (2, 1)), "2 layout"),
         ("adapter_dense", "strategy_matmul_org", ((2, 4),), "2 layout"),
         ("adapter_dense", "strategy_bias_org", ((2, 1), (1, 1)), "length 1 for input 1"),
-        ("adapter_dense", "strategy_activation_org", ((2, 1),), "no activation"),
         ("low_rank_layer", "strategy_matmul_down_sampler_weight", ((1, 1),), "2 layout"),
         ("low_rank_layer", "strategy_matmul_down_sampler_input", ((2,), (1, 1)), "length 2 for input 0"),
         ("low_rank_layer", "strategy_matmul_up_sampler_weight", "((1, 1), (1, 1))", "tuple of tuples"),
@@ -279,7 +276,7 @@ class TestShard:
     def test_malformed_strategy_names_the_argument(self, kind, argument, strategy, expected):
         with pytest.raises(ValueError, match=argument) as info:
             build(kind).shard(**{argument: strategy})
-        assert expected in str(info.value) or expected == "no activation" and "has no activation" in str(info.value)
+        assert expected in str(info.value)
 
     def test_log_softmax_refused_in_parallel_mode(self):
         ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel")

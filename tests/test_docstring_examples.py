@@ -10,10 +10,12 @@ import mindpet
 MODULES = sorted(info.name for info in pkgutil.walk_packages(mindpet.__path__, "mindpet."))
 # Public API modules must show at least one example.
 MODULES_WITH_EXAMPLES = {
-    "mindpet.delta.lora", "mindpet.delta.adapter", "mindpet.delta.low_rank_adapter", "mindpet.delta.prefix_layer",
-    "mindpet.delta.ptuning2", "mindpet.delta.prefix_attention", "mindpet.delta.r_drop",
-    "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util",
-    "mindpet.graph.distributed_ckpt", "mindpet.graph.strategy_check",
+    "mindpet.delta.lora.layer", "mindpet.delta.lora.config", "mindpet.delta.adapter.layer",
+    "mindpet.delta.adapter.config", "mindpet.delta.low_rank_adapter.layer", "mindpet.delta.low_rank_adapter.config",
+    "mindpet.delta.prefix.layer", "mindpet.delta.ptuning2.layer", "mindpet.delta.prefix_attention",
+    "mindpet.delta.r_drop", "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util", "mindpet.graph.distributed_ckpt",
+    "mindpet.parallel.check", "mindpet.injection.inject", "mindpet.injection.plan", "mindpet.injection.merge",
+    "mindpet.injection.summary",
 }
 
 

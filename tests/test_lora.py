@@ -7,7 +7,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindpet.delta import LoRADense, merge_and_unload
-from mindpet.delta.dense_core import DenseCore
+from mindpet.delta.base.dense_core import DenseCore
 from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
 
@@ -280,10 +280,11 @@ class TestShard:
             cell.shard(**{argument: strategy})
         assert expected in str(info.value)
 
-    def test_activation_strategy_without_activation(self):
+    def test_activation_strategy_without_activation_is_ignored(self, caplog):
         cell = LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA)
-        with pytest.raises(ValueError, match="strategy_activation"):
-            cell.shard(strategy_activation=((2, 4),))
+        with caplog.at_level("WARNING", logger="mindpet"):
+            assert cell.shard(strategy_activation=((2, 4),)) is cell
+        assert "'strategy_activation' is ignored because the cell has no activation" in caplog.text
 
 
 def _make(**overrides):

@@ -1,19 +1,15 @@
-"""Delta cells. Each method lives in its own module and is imported only when first used."""
-from mindpet.utils.lazy_exports import lazy_exports
+"""Delta cells: one folder per method (its cells, config and registry record), shared bases in ``base/``.
 
-_EXPORTS = {
-    "LoRADense": "mindpet.delta.lora",
-    "merge_and_unload": "mindpet.delta.lora",
-    "AdapterLayer": "mindpet.delta.adapter",
-    "AdapterDense": "mindpet.delta.adapter",
-    "LowRankAdapterLayer": "mindpet.delta.low_rank_adapter",
-    "LowRankAdapterDense": "mindpet.delta.low_rank_adapter",
-    "PrefixLayer": "mindpet.delta.prefix_layer",
-    "PrefixConcat": "mindpet.delta.prefix_attention",
-    "PrefixEncoder": "mindpet.delta.ptuning2",
-    "RDropLoss": "mindpet.delta.r_drop",
-    "rdrop_repeat": "mindpet.delta.r_drop",
-}
+The public cells are imported here; configs and the functions that apply them are exported from :mod:`mindpet`.
+"""
+from mindpet.delta.adapter import AdapterDense, AdapterLayer
+from mindpet.delta.lora import LoRADense
+from mindpet.delta.low_rank_adapter import LowRankAdapterDense, LowRankAdapterLayer
+from mindpet.delta.prefix import PrefixLayer
+from mindpet.delta.prefix_attention import PrefixConcat
+from mindpet.delta.ptuning2 import PrefixEncoder
+from mindpet.delta.r_drop import RDropLoss, rdrop_repeat
+from mindpet.injection.merge import merge_and_unload
 
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__all__ = ["AdapterDense", "AdapterLayer", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer", "PrefixConcat",
+           "PrefixEncoder", "PrefixLayer", "RDropLoss", "merge_and_unload", "rdrop_repeat"]

@@ -1,16 +1,11 @@
-"""Graph utilities: freezing parameters and saving or loading delta checkpoints."""
-from mindpet.utils.lazy_exports import lazy_exports
+"""The MindPet 1.0.4 import paths of the freezing and checkpoint utilities, kept for code written against them.
 
-_EXPORTS = {
-    "freeze_modules": "mindpet.graph.freeze_utils",
-    "freeze_delta": "mindpet.graph.freeze_utils",
-    "freeze_from_config": "mindpet.graph.freeze_utils",
-    "TrainableParamsCheckPoint": "mindpet.graph.ckpt_util",
-    "load_delta_checkpoint": "mindpet.graph.ckpt_util",
-    "DeltaLoadResult": "mindpet.graph.ckpt_util",
-    "check_shard_strategies": "mindpet.graph.strategy_check",
-    "merge_sliced_delta_checkpoints": "mindpet.graph.distributed_ckpt",
-}
+New code imports the same names from :mod:`mindpet`.
+"""
+from mindpet.graph.ckpt_util import DeltaLoadResult, TrainableParamsCheckPoint, load_delta_checkpoint
+from mindpet.graph.distributed_ckpt import merge_sliced_delta_checkpoints
+from mindpet.graph.freeze_utils import freeze_delta, freeze_from_config, freeze_modules
+from mindpet.parallel.check import check_shard_strategies
 
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__all__ = ["DeltaLoadResult", "TrainableParamsCheckPoint", "check_shard_strategies", "freeze_delta",
+           "freeze_from_config", "freeze_modules", "load_delta_checkpoint", "merge_sliced_delta_checkpoints"]

@@ -9,16 +9,9 @@ import os
 
 from mindspore import nn
 
+from mindpet.registry import get_method
 from mindpet.utils.logger import logger
-from mindpet.utils.naming import DELTA_METHODS, DELTA_PREFIX, is_delta_param
-from mindpet.utils.validation import argument_error, check_str, check_str_list
-
-# BitFit owns no delta parameters: it trains the model's own bias terms.
-BITFIT_MODE = "bitfit"
-BITFIT_PATTERN = "*bias"
-FREEZE_MODES = DELTA_METHODS + (BITFIT_MODE,)
-# MindPet 1.x called prefix tuning 'prefixtuning'; configs written for it keep working.
-MODE_ALIASES = {"prefixtuning": "prefix"}
+from mindpet.utils.validation import argument_error, check_str_list
 
 CONFIG_SECTION = "freeze"
 CONFIG_KEYS = ("include", "exclude", "mode")
@@ -30,17 +23,6 @@ def _check_cell(model, owner):
     if not isinstance(model, nn.Cell):
         raise argument_error(TypeError, owner, "model", "a mindspore.nn.Cell", model)
     return model
-
-
-def _check_mode(mode, arg_name, owner):
-    """Return the canonical freeze mode for ``mode`` (case-insensitive, aliases resolved)."""
-    check_str(mode, arg_name, owner)
-    method = mode.lower()
-    method = MODE_ALIASES.get(method, method)
-    if method not in FREEZE_MODES:
-        valid_modes = sorted(FREEZE_MODES + tuple(MODE_ALIASES))
-        raise argument_error(ValueError, owner, arg_name, f"one of {valid_modes} (case-insensitive)", mode)
-    return method
 
 
 def _matches_any(name, patterns):
@@ -55,20 +37,6 @@ def _apply_patterns(params, include, exclude):
         # A name matched by both lists is ambiguous, so, like a name matched by neither, it keeps its state.
         if included != excluded:
             param.requires_grad = excluded
-
-
-def _is_selected_by_mode(param_name, method):
-    if method == BITFIT_MODE:
-        return fnmatch.fnmatchcase(param_name, BITFIT_PATTERN)
-    return is_delta_param(param_name, method)
-
-
-def _expected_naming(method):
-    if method == BITFIT_MODE:
-        return f"a parameter whose name matches '{BITFIT_PATTERN}' (a bias term)"
-    marker = DELTA_PREFIX + method
-    return (f"a parameter whose dotted name has a component '{marker}' or one starting with '{marker}_', "
-            f"as created by the {method} delta cells")
 
 
 def _trainable_names(params):
@@ -165,18 +133,18 @@ def freeze_delta(model, mode, include=None, exclude=None):
     """
     owner = "freeze_delta"
     _check_cell(model, owner)
-    method = _check_mode(mode, "mode", owner)
+    method = get_method(mode, "mode", owner)
     include = check_str_list(include, "include", owner)
     exclude = check_str_list(exclude, "exclude", owner)
     params = list(model.get_parameters())
-    selected = [_is_selected_by_mode(param.name, method) for param in params]
+    selected = [method.owns_parameter(param.name) for param in params]
     if not any(selected):
         raise ValueError(f"For '{owner}', the mode {mode!r} matches no parameter of the model: expected "
-                         f"{_expected_naming(method)}. Add the delta cells to the model before freezing.")
+                         f"{method.parameter_rule()}. Add the delta cells to the model before freezing.")
     for param, is_selected in zip(params, selected):
         param.requires_grad = is_selected
     _apply_patterns(params, include, exclude)
-    _log_summary(f"{owner}(mode='{method}')", params)
+    _log_summary(f"{owner}(mode='{method.name}')", params)
     return _trainable_names(params)
 
 
@@ -249,7 +217,7 @@ def _read_freeze_settings(path):
             if key in section:
                 settings[key] = check_str_list(section[key], f"{CONFIG_SECTION}.{key}", owner, allow_none=False)
         if "mode" in section:
-            settings["mode"] = _check_mode(section["mode"], f"{CONFIG_SECTION}.mode", owner)
+            settings["mode"] = get_method(section["mode"], f"{CONFIG_SECTION}.mode", owner).name
     except (TypeError, ValueError) as err:
         raise type(err)(f"In the config file '{path}': {err}") from err
     return settings

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
 
-from mindpet.utils.shard import check_strategy
+from mindpet.parallel.strategy import check_strategy
 from mindpet.utils.validation import argument_error
 
 
@@ -121,6 +121,14 @@ def _refuse_log_softmax_in_parallel(is_log_softmax, arg_name, owner):
                          f"parallel mode.")
 
 
+def check_activation_name(name, arg_name, owner):
+    """Return ``name`` if it is a known activation name (case-insensitive), else raise ActivationNotFoundError."""
+    if name.lower() not in ACTIVATION_NAMES:
+        raise ActivationNotFoundError(
+            f"For '{owner}', the argument '{arg_name}' must be one of {list(ACTIVATION_NAMES)}, but got {name!r}.")
+    return name
+
+
 def build_activation(activation, arg_name, owner):
     """Turn a user's ``activation`` argument into a cell (or None).
 
@@ -147,9 +155,7 @@ def build_activation(activation, arg_name, owner):
             return PrimitiveActivation(_UNARY_PRIMITIVES[key]())
         if key in _COMPOSITES:
             return _COMPOSITES[key]()
-        raise ActivationNotFoundError(
-            f"For '{owner}', the argument '{arg_name}' must be one of {list(ACTIVATION_NAMES)}, "
-            f"but got {activation!r}.")
+        check_activation_name(activation, arg_name, owner)
     if isinstance(activation, ops.Primitive):
         _refuse_log_softmax_in_parallel(isinstance(activation, P.LogSoftmax), arg_name, owner)
         return PrimitiveActivation(activation)

@@ -1,19 +1,15 @@
 """The delta-parameter naming convention.
 
 Every delta parameter lives under an attribute named ``mindpet_delta_<method>[_<role>]``. Freezing and checkpoint
-filtering find delta parameters by that name alone, so a cell only has to follow the convention to take part.
+filtering find delta parameters by that name alone, so a cell only has to follow the convention to take part; the
+methods themselves are listed in :mod:`mindpet.registry`.
 """
 
 DELTA_PREFIX = "mindpet_delta_"
 
-# Methods whose cells own delta parameters. BitFit owns none: it trains the model's own biases.
-DELTA_METHODS = ("lora", "adapter", "low_rank_adapter", "prefix", "ptuning2")
-
 
 def delta_attr_name(method, role):
     """Attribute (and parameter) name for a delta parameter, e.g. ``delta_attr_name('lora', 'a')``."""
-    if method not in DELTA_METHODS:
-        raise ValueError(f"Unknown delta method {method!r}; expected one of {DELTA_METHODS}.")
     return f"{DELTA_PREFIX}{method}_{role}"
 
 

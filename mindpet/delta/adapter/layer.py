@@ -1,20 +1,14 @@
-"""Bottleneck adapters (Houlsby et al., 2019): a small residual MLP after a layer, trained while the model is frozen.
-
-The MindPet manual documents the low-rank adapter under this module's path as well, so
-``mindpet.delta.adapter.LowRankAdapterLayer`` and ``LowRankAdapterDense`` resolve to
-:mod:`mindpet.delta.low_rank_adapter`, imported only when first used.
-"""
+"""Bottleneck adapters (Houlsby et al., 2019): a small residual MLP after a layer, trained while the model is frozen."""
 import math
 
 from mindspore import dtype as mstype
 from mindspore.common.initializer import HeUniform
 from mindspore.ops import operations as P
 
-from mindpet.delta.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
-from mindpet.utils.lazy_exports import lazy_exports
+from mindpet.delta.base.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard_plan import Dim, Operand, primitive_op
+from mindpet.parallel.plan import Dim, Operand, primitive_op
 from mindpet.utils.validation import check_positive_int
 
 ADAPTER_BRANCH = DELTA_PREFIX + "adapter"
@@ -118,14 +112,13 @@ class AdapterLayer(ResidualAdapterLayer):
                                                    param_init_type, compute_dtype, owner)
 
     def shard(self, strategy_matmul_down_sampler=None, strategy_bias_down_sampler=None, strategy_non_linearity=None,
-              strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None,
-              strategy_residential_add=None):
+              strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
         """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
         None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
         dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
+        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
 
         Args:
             strategy_matmul_down_sampler (tuple): ``x @ W_down^T``, e.g. ``((dp, 1), (1, 1))``.
@@ -134,8 +127,6 @@ class AdapterLayer(ResidualAdapterLayer):
             strategy_matmul_up_sampler (tuple): ``h @ W_up^T``, e.g. ``((dp, 1), (1, 1))``.
             strategy_bias_up_sampler (tuple): ``+ b_up``, e.g. ``((dp, 1), (1,))``.
             strategy_residual_add (tuple): ``x + branch``, e.g. ``((dp, 1), (dp, 1))``.
-            strategy_residential_add (tuple): the spelling used in the MindPet manual's example; an alias of
-                ``strategy_residual_add``.
 
         Returns:
             The cell itself.
@@ -146,14 +137,13 @@ class AdapterLayer(ResidualAdapterLayer):
                 inputs (e.g. a matmul's contracted axis) or into unequal parts (``hidden_size``,
                 ``bottleneck_size``); splits ``N`` or ``hidden_size`` unlike an earlier strategy (the branch is added
                 back to its input); takes an operator's output in another layout than the operator produces; needs a
-                device count that does not divide the one set in a semi-auto or auto parallel context; or both
-                residual spellings differ.
+                device count that does not divide the one set in a semi-auto or auto parallel context.
         """
-        return self._accept_adapter_strategies(dict(
+        return self._accept_strategies(dict(
             strategy_matmul_down_sampler=strategy_matmul_down_sampler,
             strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
-            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler),
-            strategy_residual_add, strategy_residential_add)
+            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler,
+            strategy_residual_add=strategy_residual_add))
 
     def extend_repr(self):
         return (f"hidden_size={self.hidden_size}, bottleneck_size={self.bottleneck_size}, "
@@ -225,14 +215,13 @@ class AdapterDense(ResidualAdapterDense):
 
     def shard(self, strategy_matmul_org=None, strategy_bias_org=None, strategy_activation_org=None,
               strategy_matmul_down_sampler=None, strategy_bias_down_sampler=None, strategy_non_linearity=None,
-              strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None,
-              strategy_residential_add=None):
+              strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
         """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
         None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
         dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
+        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
 
         Args:
             strategy_matmul_org (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, mp), (1, mp))``: the
@@ -245,8 +234,6 @@ class AdapterDense(ResidualAdapterDense):
             strategy_matmul_up_sampler (tuple): ``h @ W_up^T``, e.g. ``((dp, 1), (1, 1))``.
             strategy_bias_up_sampler (tuple): ``+ b_up``, e.g. ``((dp, 1), (1,))``.
             strategy_residual_add (tuple): ``h + branch``, e.g. ``((dp, 1), (dp, 1))``.
-            strategy_residential_add (tuple): the spelling used in the MindPet manual's example; an alias of
-                ``strategy_residual_add``.
 
         Returns:
             The cell itself.
@@ -258,22 +245,15 @@ class AdapterDense(ResidualAdapterDense):
                 ``bottleneck_size``); splits ``N`` or ``out_channels`` unlike an earlier strategy (the adapter is
                 added back to the Dense output); takes an operator's output in another layout than the operator
                 produces; needs a device count that does not divide the one set in a semi-auto or auto parallel
-                context; is given for a bias or activation the cell does not have; or both residual spellings
-                differ.
+                context; is given for a bias or activation the cell does not have.
         """
-        return self._accept_adapter_strategies(dict(
+        return self._accept_strategies(dict(
             strategy_matmul_org=strategy_matmul_org, strategy_bias_org=strategy_bias_org,
             strategy_activation_org=strategy_activation_org, strategy_matmul_down_sampler=strategy_matmul_down_sampler,
             strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
-            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler),
-            strategy_residual_add, strategy_residential_add)
+            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler,
+            strategy_residual_add=strategy_residual_add))
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, bottleneck_size={self.bottleneck_size}, "
                 f"non_linearity={self.mindpet_delta_adapter.non_linearity}")
-
-
-# The manual documents the low-rank adapter at this module's path; resolve it lazily so that importing the
-# Houlsby adapter does not import the low-rank one.
-__getattr__, __dir__ = lazy_exports(__name__, {"LowRankAdapterLayer": "mindpet.delta.low_rank_adapter",
-                                         "LowRankAdapterDense": "mindpet.delta.low_rank_adapter"}, globals())

@@ -2,7 +2,7 @@
 
 ``Primitive.shard`` accepts any tuple of int tuples, so a wrong strategy would only fail once a parallel job
 compiles. These checks reject a malformed one at ``shard()`` time with the argument named;
-:mod:`mindpet.utils.shard_plan` adds the checks against the cell's sizes, the other strategies and the device count.
+:mod:`mindpet.parallel.plan` adds the checks against the cell's sizes, the other strategies and the device count.
 """
 import numbers
 

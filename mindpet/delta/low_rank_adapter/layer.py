@@ -4,10 +4,10 @@ from mindspore import dtype as mstype
 from mindspore.common.initializer import Initializer
 from mindspore.ops import operations as P
 
-from mindpet.delta.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
+from mindpet.delta.base.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard_plan import Dim, Operand, primitive_op
+from mindpet.parallel.plan import Dim, Operand, primitive_op
 from mindpet.utils.validation import argument_error, check_positive_int
 
 LOW_RANK_ADAPTER_BRANCH = DELTA_PREFIX + "low_rank_adapter"
@@ -101,9 +101,7 @@ _SHARD_ARGS_DOC = """
             strategy_matmul_up_sampler_weight (tuple): ``L_up @ R_up``, e.g. ``((1, 1), (1, 1))``.
             strategy_matmul_up_sampler_input (tuple): ``h @ W_up``, e.g. ``((dp, 1), (1, 1))``.
             strategy_bias_up_sampler (tuple): ``+ b_up``, e.g. ``((dp, 1), (1,))``.
-            strategy_residual_add (tuple): the residual sum, e.g. ``((dp, 1), (dp, 1))``.
-            strategy_residential_add (tuple): the spelling used in the MindPet manual's adapter example; an alias
-                of ``strategy_residual_add``."""
+            strategy_residual_add (tuple): the residual sum, e.g. ``((dp, 1), (dp, 1))``."""
 
 
 class LowRankAdapterLayer(ResidualAdapterLayer):
@@ -173,19 +171,18 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
 
     def shard(self, strategy_matmul_down_sampler_weight=None, strategy_matmul_down_sampler_input=None,
               strategy_bias_down_sampler=None, strategy_non_linearity=None, strategy_matmul_up_sampler_weight=None,
-              strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None,
-              strategy_residential_add=None):
-        return self._accept_adapter_strategies(_branch_strategies(
+              strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
+        return self._accept_strategies(dict(**_branch_strategies(
             strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input, strategy_bias_down_sampler,
             strategy_non_linearity, strategy_matmul_up_sampler_weight, strategy_matmul_up_sampler_input,
-            strategy_bias_up_sampler), strategy_residual_add, strategy_residential_add)
+            strategy_bias_up_sampler), strategy_residual_add=strategy_residual_add))
 
     shard.__doc__ = f"""Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
         None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
         dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
+        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
 
         Args:{_SHARD_ARGS_DOC}
 
@@ -199,8 +196,7 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
                 the bottleneck width); splits ``N`` or ``hidden_size`` unlike an earlier strategy (the branch is
                 added back to its input); takes an operator's output in another layout than the operator produces
                 (e.g. a projection weight in another layout than the ``*_weight`` matmul forms it in); needs a
-                device count that does not divide the one set in a semi-auto or auto parallel context; or both
-                residual spellings differ.
+                device count that does not divide the one set in a semi-auto or auto parallel context.
         """
 
     def extend_repr(self):
@@ -284,23 +280,22 @@ class LowRankAdapterDense(ResidualAdapterDense):
     def shard(self, strategy_matmul_org=None, strategy_bias_org=None, strategy_activation_org=None,
               strategy_matmul_down_sampler_weight=None, strategy_matmul_down_sampler_input=None,
               strategy_bias_down_sampler=None, strategy_non_linearity=None, strategy_matmul_up_sampler_weight=None,
-              strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None,
-              strategy_residential_add=None):
+              strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
         strategies = _branch_strategies(
             strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input, strategy_bias_down_sampler,
             strategy_non_linearity, strategy_matmul_up_sampler_weight, strategy_matmul_up_sampler_input,
             strategy_bias_up_sampler)
-        return self._accept_adapter_strategies(
+        return self._accept_strategies(
             dict(strategy_matmul_org=strategy_matmul_org, strategy_bias_org=strategy_bias_org,
-                 strategy_activation_org=strategy_activation_org, **strategies),
-            strategy_residual_add, strategy_residential_add)
+                 strategy_activation_org=strategy_activation_org, strategy_residual_add=strategy_residual_add,
+                 **strategies))
 
     shard.__doc__ = f"""Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
 
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
         None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
         dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
+        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
 
         Args:
             strategy_matmul_org (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, mp), (1, mp))``: the
@@ -318,8 +313,7 @@ class LowRankAdapterDense(ResidualAdapterDense):
                 ``low_rank_size``, the bottleneck width); splits ``N`` or ``out_channels`` unlike an earlier strategy
                 (the adapter is added back to the Dense output); takes an operator's output in another layout than
                 the operator produces; needs a device count that does not divide the one set in a semi-auto or auto
-                parallel context; is given for a bias or activation the cell does not have; or both residual
-                spellings differ.
+                parallel context.
         """
 
     def extend_repr(self):

@@ -5,7 +5,7 @@ backend, so a wrong strategy used to surface only once a cluster job compiled. E
 its operators once, naming the axis behind every dimension of every operator input (einsum style), and the rules
 below are derived from that description alone:
 
-1. Form (:func:`mindpet.utils.shard.check_strategy`): a tuple of layouts of positive ints, one per operator input,
+1. Form (:func:`mindpet.parallel.strategy.check_strategy`): a tuple of layouts of positive ints, one per operator input,
    each as long as that input's rank.
 2. Agreement inside an operator: an axis that appears in several inputs of one operator is split alike in each.
    This is MindSpore's own rule for a MatMul's contracted axis, a BiasAdd's channel axis and the inputs of an Add.
@@ -26,37 +26,13 @@ parallel context gives the device count (:func:`configured_device_num`), and by
 import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
-import mindspore as ms
-from mindspore.communication import get_group_size
-from mindspore.communication._comm_helper import GlobalComm
 from mindspore.ops import operations as P
-from mindspore.parallel._auto_parallel_context import auto_parallel_context
 
+from mindpet.parallel.context import configured_device_num
+from mindpet.parallel.strategy import check_strategy
 from mindpet.utils.activation import activation_input_layout, shard_activation
-from mindpet.utils.shard import check_strategy
+from mindpet.utils.logger import logger
 from mindpet.utils.validation import argument_error, check_positive_int
-
-_STRATEGY_MODES = ("semi_auto_parallel", "auto_parallel")
-
-
-def configured_device_num():
-    """The device count the current parallel context gives each pipeline stage, or None while it is unknown.
-
-    It is known in semi-auto and auto parallel mode (the modes that use ``shard()`` strategies) once ``device_num``
-    was set explicitly or communication was initialised. ``mindspore.get_auto_parallel_context('device_num')`` alone
-    cannot tell: it answers 1 before anything is set. MindSpore lays operators out within a pipeline stage, so the
-    count is divided by ``pipeline_stages``.
-    """
-    if ms.get_auto_parallel_context("parallel_mode") not in _STRATEGY_MODES:
-        return None
-    if auto_parallel_context().get_device_num_is_set():
-        device_num = ms.get_auto_parallel_context("device_num")
-    elif GlobalComm.INITED:
-        device_num = get_group_size()
-    else:
-        return None
-    return device_num // ms.get_auto_parallel_context("pipeline_stages")
-
 
 class Dim(NamedTuple):
     """One tensor axis of a cell. Equal ``Dim`` values are the same axis.
@@ -81,19 +57,20 @@ class ShardedOp(NamedTuple):
     """The operator that one ``shard()`` argument configures.
 
     ``arg_name`` is the argument's documented name; ``inputs`` holds one :class:`Operand` per operator input and
-    ``output`` the operand it produces. ``apply`` sets a checked strategy on the primitive(s). ``refusal``, when not
-    None, says why no strategy is accepted (e.g. ``"None because the cell has no bias"``). ``normalize`` turns an
+    ``output`` the operand it produces. ``apply`` sets a checked strategy on the primitive(s). ``absent``, when not
+    None, says why the cell does not run this operator (e.g. ``"the cell has no bias"``); a strategy given for it is
+    ignored with a warning, as MindPet 1.0.4 did, because the manual's own examples pass such strategies. ``normalize`` turns an
     accepted alternative spelling of a strategy into the operator's own.
     """
     arg_name: str
     inputs: Tuple[Operand, ...]
     output: Operand
     apply: Callable
-    refusal: Optional[str] = None
+    absent: Optional[str] = None
     normalize: Optional[Callable] = None
 
 
-def primitive_op(arg_name, primitive, inputs, output_tensor, refusal=None):
+def primitive_op(arg_name, primitive, inputs, output_tensor, absent=None):
     """A :class:`ShardedOp` for one primitive.
 
     The output has the axes of the first input, except for a MatMul: the rows of its first input and the columns of
@@ -106,14 +83,14 @@ def primitive_op(arg_name, primitive, inputs, output_tensor, refusal=None):
                        columns.dims[0] if primitive.transpose_b else columns.dims[1])
     else:
         output_dims = inputs[0].dims
-    return ShardedOp(arg_name, inputs, Operand(output_tensor, output_dims), primitive.shard, refusal)
+    return ShardedOp(arg_name, inputs, Operand(output_tensor, output_dims), primitive.shard, absent)
 
 
 def activation_op(arg_name, activation, owner, source, output_tensor):
     """A :class:`ShardedOp` that splits every primitive of ``activation`` (None: the cell has none) like ``source``."""
-    refusal = None if activation is not None else "None because the cell has no activation"
+    absent = None if activation is not None else "the cell has no activation"
     return ShardedOp(arg_name, (source,), Operand(output_tensor, source.dims),
-                     lambda strategy: shard_activation(activation, strategy, arg_name, owner), refusal,
+                     lambda strategy: shard_activation(activation, strategy, arg_name, owner), absent,
                      activation_input_layout)
 
 
@@ -173,8 +150,6 @@ class OperatorPlan:
 
     def _checked(self, op, owner, spelling, strategy):
         """Rules 1 to 3 for one operator; returns the strategy in the operator's own spelling."""
-        if op.refusal is not None:
-            raise argument_error(ValueError, owner, spelling, op.refusal, strategy)
         strategy = _normalized(op, strategy)
         check_strategy(strategy, spelling, owner, tuple(len(operand.dims) for operand in op.inputs))
         first_seen = {}
@@ -331,17 +306,24 @@ class ShardValidated:
         """``{arg_name: (spelling, strategy)}`` for every strategy set so far."""
         return getattr(self, "_mindpet_accepted_strategies", {})
 
-    def _accept_strategies(self, strategies, spellings=None):
+    def _accept_strategies(self, strategies):
         """Check ``strategies`` (``{arg_name: strategy}``) with those set before, apply them, and keep them.
 
-        ``spellings`` maps an ``arg_name`` to the alias the user wrote, for messages. Raises the first broken rule;
-        nothing is applied then.
+        A strategy for an operator the cell does not run (a bias or activation it lacks) is dropped with a warning.
+        Raises the first broken rule; nothing is applied then.
         """
-        spellings = spellings or {}
-        given = {arg_name: (spellings.get(arg_name, arg_name), strategy) for arg_name, strategy in strategies.items()}
         plan = self._shard_plan()
+        owner = type(self).__name__
+        absent = {op.arg_name: op.absent for op in getattr(plan, "ops", ()) if op.absent is not None}
+        given = {}
+        for arg_name, strategy in strategies.items():
+            if strategy is not None and arg_name in absent:
+                logger.warning("For '%s', the argument '%s' is ignored because %s (got %r).", owner, arg_name,
+                               absent[arg_name], strategy)
+                continue
+            given[arg_name] = (arg_name, strategy)
         merged = plan.merge(self._accepted_strategies(), given)
-        error = next(plan.errors(type(self).__name__, merged, configured_device_num()), None)
+        error = next(plan.errors(owner, merged, configured_device_num()), None)
         if error is not None:
             raise error
         plan.apply(given)

@@ -7,19 +7,18 @@ from mindspore import dtype as mstype
 from mindspore.common.initializer import HeUniform
 from mindspore.ops import operations as P
 
-from mindpet.delta.dense_core import DenseCore
-from mindpet.utils.logger import logger
+from mindpet.delta.base.mergeable import MergeableDense
 from mindpet.utils.naming import delta_attr_name
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard_plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
-from mindpet.utils.validation import argument_error, check_nonzero_number, check_positive_int, check_rate
+from mindpet.parallel.plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
+from mindpet.utils.validation import check_nonzero_number, check_positive_int, check_rate
 
 LORA_A = delta_attr_name("lora", "a")
 LORA_B = delta_attr_name("lora", "b")
 _DEFAULT_LORA_A_INIT = HeUniform(negative_slope=math.sqrt(5))
 
 
-class LoRADense(ShardValidated, DenseCore):
+class LoRADense(ShardValidated, MergeableDense):
     r"""A Dense layer with a trainable low-rank update, a drop-in replacement for ``nn.Dense``.
 
     .. math::
@@ -124,46 +123,15 @@ class LoRADense(ShardValidated, DenseCore):
         """Whether the low-rank update is currently folded into ``weight``."""
         return float(self.lora_branch_scale.asnumpy()) == 0.0
 
-    def _delta_weight(self):
-        """``scaling * B A`` in float32."""
+    def _fold(self, weight, bias, unfold):
+        """``weight ± scaling * B A``, accumulated in float32; the bias is unchanged."""
         lora_a = getattr(self, LORA_A).asnumpy().astype(np.float32)
         lora_b = getattr(self, LORA_B).asnumpy().astype(np.float32)
-        return np.float32(self.scaling) * (lora_b @ lora_a)
+        delta = np.float32(self.scaling) * (lora_b @ lora_a)
+        return (weight - delta if unfold else weight + delta), bias
 
-    def _add_to_weight(self, delta):
-        weight = self.weight.asnumpy().astype(np.float32) + delta
-        self.weight.set_data(Tensor(weight, self.weight.dtype))
-
-    def merge(self):
-        """Fold ``scaling * B A`` into ``weight`` (accumulated in float32) and switch the branch off.
-
-        The output stays the same (within float rounding). Call :meth:`unmerge` before training again: while
-        merged, ``A`` and ``B`` receive zero gradients. Merging a merged cell logs a warning and does nothing.
-
-        Returns:
-            The cell itself.
-        """
-        if self.merged:
-            logger.warning("%s is already merged; merge() did nothing.", self.cls_name)
-            return self
-        self._add_to_weight(self._delta_weight())
-        self.lora_branch_scale.set_data(Tensor(0.0, mstype.float32))
-        return self
-
-    def unmerge(self):
-        """Take ``scaling * B A`` out of ``weight`` again and switch the branch back on.
-
-        Unmerging a cell that is not merged logs a warning and does nothing.
-
-        Returns:
-            The cell itself.
-        """
-        if not self.merged:
-            logger.warning("%s is not merged; unmerge() did nothing.", self.cls_name)
-            return self
-        self._add_to_weight(-self._delta_weight())
-        self.lora_branch_scale.set_data(Tensor(self.scaling, mstype.float32))
-        return self
+    def _set_branch_active(self, active):
+        self.lora_branch_scale.set_data(Tensor(self.scaling if active else 0.0, mstype.float32))
 
     def shard(self, strategy_org_dense_matmul=None, strategy_org_bias_add=None, strategy_lora_dropout=None,
               strategy_lora_a_matmul=None, strategy_lora_b_matmul=None, strategy_lora_mul=None,
@@ -173,7 +141,7 @@ class LoRADense(ShardValidated, DenseCore):
         Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
         None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D
         (leading dimensions are flattened into ``N``). The strategies are checked together, with those of earlier
-        calls, before any is applied; see :mod:`mindpet.utils.shard_plan` for the rules.
+        calls, before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
 
         Args:
             strategy_org_dense_matmul (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, 1), (mp, 1))``.
@@ -231,100 +199,3 @@ class LoRADense(ShardValidated, DenseCore):
         return (f"{super().extend_repr()}, lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha}, "
                 f"lora_dropout={self.lora_dropout_rate}")
 
-
-def _plain_dense(cell):
-    """The merged ``cell`` as a Dense layer holding the very same ``weight``/``bias`` Parameters (and activation).
-
-    That is an ``nn.Dense`` when the cell computes in its parameters' dtype, as ``nn.Dense`` does; otherwise a
-    :class:`DenseCore`, which computes in ``compute_dtype`` and returns the input's dtype, as the LoRADense did.
-    """
-    if not cell.merged:
-        cell.merge()
-    if cell.compute_dtype == cell.param_init_type:
-        dense = nn.Dense(cell.in_channels, cell.out_channels, weight_init="zeros", bias_init="zeros",
-                         has_bias=cell.has_bias, activation=cell.activation, dtype=cell.param_init_type)
-    else:
-        dense = DenseCore(cell.in_channels, cell.out_channels, weight_init="zeros", has_bias=cell.has_bias,
-                          activation=cell.activation, param_init_type=cell.param_init_type,
-                          compute_dtype=cell.compute_dtype)
-    # Reusing the Parameter objects keeps their values, names and any sharing without a copy.
-    dense.weight = cell.weight
-    if cell.has_bias:
-        dense.bias = cell.bias
-    return dense
-
-
-def _replace_child(parent, key, child):
-    """Put ``child`` where ``parent`` holds the cell registered under ``key``, the way ``parent`` stores cells."""
-    if isinstance(parent, (nn.SequentialCell, nn.CellList)):
-        # Both keep their own index besides ``_cells`` (SequentialCell's ``cell_list``); item assignment updates it.
-        parent[list(parent._cells).index(key)] = child  # pylint: disable=protected-access
-    elif isinstance(parent, nn.CellDict):
-        parent[key] = child
-    else:
-        setattr(parent, key, child)
-
-
-def merge_and_unload(network):
-    """Merge every :class:`LoRADense` in ``network`` and replace it by a plain ``nn.Dense``, for inference.
-
-    A merged LoRADense still runs its (switched-off) rank-``r`` branch; the ``nn.Dense`` that replaces it runs
-    only ``x W^T + b`` and the activation. Each replacement has the LoRADense's ``in_channels``,
-    ``out_channels``, ``has_bias`` and activation, and holds the very same ``weight`` and ``bias`` Parameters
-    (``weight`` merged), so parameter names such as ``layers.0.weight`` stay those of the pretrained model and a
-    checkpoint of the result loads into the model built with ``nn.Dense``. Cells are found in plain attributes,
-    ``nn.SequentialCell``, ``nn.CellList`` and ``nn.CellDict``; a LoRADense held in two places is replaced by one
-    ``nn.Dense`` in both. Cells not yet merged are merged first (see :meth:`LoRADense.merge`).
-
-    Afterwards the network holds no LoRA parameters: it cannot be unmerged and its LoRA cannot be trained. The
-    network is changed in place, and in GRAPH mode a network that was called before keeps running the graph
-    compiled then, which still holds the replaced (merged) LoRADense cells: its outputs stay right but it gets no
-    faster. Call ``merge_and_unload`` before the network's first call (or on a newly built network loaded from the
-    checkpoint) so that the graph is compiled from the new ``nn.Dense`` cells.
-
-    ``nn.Dense`` computes in its weight's dtype. A LoRADense whose ``compute_dtype`` differs from its
-    ``param_init_type`` (for example float32 parameters computed in float16, the LoRADense default) is therefore
-    replaced by a :class:`~mindpet.delta.dense_core.DenseCore` instead, the frozen Dense core of mindpet's cells:
-    the same Parameters and names, computing in ``compute_dtype`` and returning the input's dtype, as the
-    LoRADense did.
-
-    Args:
-        network (Cell): the network, or a LoRADense itself.
-
-    Returns:
-        Cell, ``network`` changed in place; the new Dense layer when ``network`` is a LoRADense.
-
-    Raises:
-        TypeError: ``network`` is not a Cell.
-
-    Examples:
-        >>> import numpy as np
-        >>> import mindspore as ms
-        >>> from mindspore import nn
-        >>> from mindpet.delta import LoRADense, merge_and_unload
-        >>> net = nn.SequentialCell([LoRADense(8, 4, lora_rank=2, lora_alpha=4, lora_b_init="normal",
-        ...                                    compute_dtype=ms.float32), nn.ReLU()])
-        >>> x = ms.Tensor(np.ones((3, 8)), ms.float32)
-        >>> before = net(x).asnumpy()
-        >>> net = merge_and_unload(net)
-        >>> type(net[0]).__name__, [param.name for param in net.get_parameters()]
-        ('Dense', ['0.weight', '0.bias'])
-        >>> bool(np.allclose(net(x).asnumpy(), before, atol=1e-5))
-        True
-    """
-    if not isinstance(network, nn.Cell):
-        raise argument_error(TypeError, "merge_and_unload", "network", "a Cell", network)
-    found = [(where, cell) for where, cell in network.cells_and_names() if isinstance(cell, LoRADense)]
-    names = {id(param): param.name for _, cell in found for param in cell.get_parameters()}
-    replacements = {id(cell): _plain_dense(cell) for _, cell in found}
-    if isinstance(network, LoRADense):
-        network = replacements[id(network)]
-    for parent in [cell for _, cell in network.cells_and_names()]:
-        for key, child in list(parent._cells.items()):  # pylint: disable=protected-access
-            if isinstance(child, LoRADense):
-                _replace_child(parent, key, replacements[id(child)])
-    # Inserting a cell renames its parameters after the key in its direct parent only; restore the full names.
-    for dense in replacements.values():
-        for param in dense.get_parameters():
-            param.name = names.get(id(param), param.name)
-    return network

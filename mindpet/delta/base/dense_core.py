@@ -2,10 +2,10 @@
 from mindspore import dtype as mstype
 from mindspore.ops import operations as P
 
-from mindpet.delta.mixed_precision import MixedPrecisionCell
+from mindpet.delta.base.mixed_precision import MixedPrecisionCell
 from mindpet.utils.activation import build_activation
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard_plan import TOKENS, Dim, Operand, primitive_op
+from mindpet.parallel.plan import TOKENS, Dim, Operand, primitive_op
 from mindpet.utils.validation import check_bool, check_positive_int
 
 
@@ -85,11 +85,11 @@ class DenseCore(MixedPrecisionCell):
         the product ``(N, out_channels)`` and ``bias`` ``(out_channels,)``, and is refused without a bias.
         """
         in_dim, out_dim = self._channel_dims()
-        no_bias = None if self.has_bias else "None because the cell has no bias"
+        no_bias = None if self.has_bias else "the cell has no bias"
         ops = (primitive_op(matmul_arg, self.matmul, (Operand("x", (TOKENS, in_dim)),
                                                       Operand("weight", (out_dim, in_dim))), "dense"),
                primitive_op(bias_arg, self.bias_add, (Operand("dense", (TOKENS, out_dim)), Operand("bias", (out_dim,))),
-                            "dense_biased", refusal=no_bias))
+                            "dense_biased", absent=no_bias))
         return ops, "dense_biased" if self.has_bias else "dense"
 
     def extend_repr(self):

@@ -7,16 +7,12 @@ for the public cells, which keep the branch under the attribute ``mindpet_delta_
 """
 from mindspore.ops import operations as P
 
-from mindpet.delta.dense_core import DenseCore
-from mindpet.delta.mixed_precision import MixedPrecisionCell
+from mindpet.delta.base.dense_core import DenseCore
+from mindpet.delta.base.mixed_precision import MixedPrecisionCell
 from mindpet.utils.activation import build_activation
 from mindpet.utils.param_init import make_parameter
-from mindpet.utils.shard_plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
+from mindpet.parallel.plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.validation import check_str
-
-# The manual's own shard() example spells the residual strategy this way; accept it as an alias.
-RESIDUAL_ALIAS = "strategy_residential_add"
-
 
 class BottleneckBranch(MixedPrecisionCell):
     """``up(non_linearity(down(h) + down_bias)) + up_bias`` on a 2-D input already in the compute dtype.
@@ -71,17 +67,6 @@ class BottleneckBranch(MixedPrecisionCell):
                              (Operand("up_projected", (TOKENS, hidden)), Operand("up_bias", (hidden,))), "branch"))
 
 
-def _residual_strategy(owner, strategy_residual_add, strategy_residential_add):
-    """The residual strategy and the argument name it came in under, accepting the manual's misspelling."""
-    if strategy_residential_add is None:
-        return "strategy_residual_add", strategy_residual_add
-    if strategy_residual_add is not None and strategy_residual_add != strategy_residential_add:
-        raise ValueError(f"For '{owner}', '{RESIDUAL_ALIAS}' is an alias of 'strategy_residual_add'; pass one of "
-                         f"them, or both equal, but got {strategy_residual_add!r} and "
-                         f"{strategy_residential_add!r}.")
-    return RESIDUAL_ALIAS, strategy_residential_add
-
-
 class _ResidualAdapter(ShardValidated):
     """``shard()`` plumbing shared by the layer and Dense forms: the branch lives at ``self.<BRANCH_NAME>``."""
 
@@ -99,13 +84,6 @@ class _ResidualAdapter(ShardValidated):
         residual = primitive_op("strategy_residual_add", self.residual_add,
                                 (Operand(source, (TOKENS, hidden)), Operand("branch", (TOKENS, hidden))), "sum")
         return OperatorPlan((*base_ops, *branch_ops, residual), tied=(TOKENS, hidden))
-
-    def _accept_adapter_strategies(self, strategies, strategy_residual_add, strategy_residential_add):
-        """Accept ``strategies`` plus the residual strategy under either of its spellings."""
-        arg_name, residual = _residual_strategy(type(self).__name__, strategy_residual_add, strategy_residential_add)
-        return self._accept_strategies({**strategies, "strategy_residual_add": residual},
-                                       spellings={"strategy_residual_add": arg_name})
-
 
 class ResidualAdapterLayer(_ResidualAdapter, MixedPrecisionCell):
     """``y = x + branch(x)`` for an input of shape ``(*, hidden_size)``, inserted after an existing layer.

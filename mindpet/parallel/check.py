@@ -4,7 +4,8 @@ from typing import NamedTuple, Optional
 
 from mindspore import nn
 
-from mindpet.utils.shard_plan import ShardValidated, check_cell_strategies, configured_device_num
+from mindpet.parallel.context import configured_device_num
+from mindpet.parallel.plan import ShardValidated, check_cell_strategies
 from mindpet.utils.validation import argument_error, check_positive_int
 
 _OWNER = "check_shard_strategies"
@@ -32,7 +33,7 @@ def check_shard_strategies(network, device_num=None):
     Each cell already checks its strategies when ``shard()`` is called, but the device count is often unknown then:
     semi-auto parallel refuses the CPU backend, and on a cluster it becomes known only when the job starts. Call this
     function on the whole network, on any machine, before launching the job. Every rule of
-    :mod:`mindpet.utils.shard_plan` is checked again, among them that each operator's splits need a number of
+    :mod:`mindpet.parallel.plan` is checked again, among them that each operator's splits need a number of
     devices that divides ``device_num``.
 
     Args:
