@@ -28,6 +28,12 @@ setup(
         "examples": ["tokenizers>=0.15"],
         "bench": ["matplotlib>=3.5"],
         "test": ["pytest>=7", "pyyaml>=5.1", "tokenizers>=0.15"],
+        # What `import mindformers` needs; MindFormers itself (requirements-mindformers.txt) is installed with --no-deps
+        # because it pins MindSpore 2.7 and PyPI's mindpet 1.0.4. pyarrow, datasets and pandas are the newest that
+        # still work with numpy<2.
+        "mindformers": ["pyyaml", "deprecated", "regex", "requests", "jieba", "rouge_chinese", "nltk",
+                        "datasets==5.0.1", "pandas==3.0.6", "tokenizers", "sentencepiece", "tiktoken", "tensorboardX",
+                        "pyarrow==23.0.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

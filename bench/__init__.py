@@ -6,3 +6,11 @@ the same run (step times of interleaved runs, peak memory of sibling processes, 
 time. Run ``python -m bench`` (about 10 minutes on 2 CPU cores) or ``python -m bench --quick``; see
 ``docs/benchmarks.md``.
 """
+import os
+import sys
+
+# examples/ is not a package of the distribution: the benchmarks use the example model and its method table
+# (examples/bert/methods.py) from the source tree.
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+if EXAMPLES_DIR not in sys.path:
+    sys.path.insert(0, EXAMPLES_DIR)

@@ -1,25 +1,11 @@
 """The transformer-encoder workload: the BERT classifier of ``examples/bert``, randomly initialised."""
-import os
-import sys
-
-import numpy as np
 import mindspore as ms
+import numpy as np
+from bert.methods import apply_method, model_options
+from bert.modeling import BertClassifier, BertConfig
 from mindspore import Tensor, nn
 
 from bench import presets
-
-# examples/ is not a package of the distribution; the benchmarks import the example model from the source tree.
-EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-if EXAMPLES_DIR not in sys.path:
-    sys.path.insert(0, EXAMPLES_DIR)
-
-from bert.methods import freeze_for_method  # noqa: E402  (needs EXAMPLES_DIR on sys.path)
-from bert.modeling import BertClassifier, BertConfig  # noqa: E402
-
-METHOD_OPTIONS = {"lora_rank": presets.LORA_RANK, "lora_alpha": presets.LORA_ALPHA,
-                  "bottleneck_size": presets.ADAPTER_BOTTLENECK,
-                  "reduction_factor": presets.LOW_RANK_REDUCTION_FACTOR, "low_rank_size": presets.LOW_RANK_SIZE,
-                  "pre_seq_len": presets.PTUNING2_PRE_SEQ_LEN, "compute_dtype": ms.float32}
 
 
 def encoder_config(preset):
@@ -30,9 +16,11 @@ def encoder_config(preset):
 
 
 def build_encoder(method, preset):
-    """A BERT classifier built and frozen for ``method`` (every method but ``'full'`` also trains the head)."""
-    net = BertClassifier(encoder_config(preset), preset.num_labels, method=method, **METHOD_OPTIONS)
-    freeze_for_method(net, method)
+    """A BERT classifier with ``method`` applied as the example applies it (every method but ``'full'`` also trains
+    the head)."""
+    net = BertClassifier(encoder_config(preset), preset.num_labels,
+                         **model_options(method, presets.PTUNING2_PRE_SEQ_LEN))
+    apply_method(net, method, **presets.HYPERPARAMETERS)
     return net
 
 

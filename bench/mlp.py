@@ -1,30 +1,18 @@
-"""The MLP workload: ``mlp_depth`` Dense layers of width ``mlp_width``, each swapped for a mindpet delta cell, and the
-hand-written LoRA layer that measures the toolkit's own overhead."""
+"""The MLP workload: ``mlp_depth`` Dense layers of width ``mlp_width``, every one adapted by ``get_delta_model``
+(``target_modules="all-dense"``), and the hand-written LoRA layer that measures the toolkit's own overhead."""
 import math
 
-import numpy as np
 import mindspore as ms
+import numpy as np
+from bert.methods import apply_method
 from mindspore import Parameter, Tensor, nn
 from mindspore.common.initializer import HeUniform, initializer
 from mindspore.ops import operations as P
 
 from bench import presets
-from mindpet.delta import AdapterDense, LoRADense, LowRankAdapterDense
-from mindpet.graph import freeze_delta, freeze_modules
+from mindpet.graph import freeze_modules
 
-# Every cell computes in float32, as nn.Dense does, so the comparisons measure structure, not precision.
-_COMPUTE = {"compute_dtype": ms.float32}
 LORA_SHAPE = {"lora_rank": presets.LORA_RANK, "lora_alpha": presets.LORA_ALPHA}
-# Which Dense class and arguments each method puts in every layer, and the freeze_delta mode it trains.
-DENSE_FOR_METHOD = {
-    "full": (nn.Dense, {}, None),
-    "lora": (LoRADense, dict(**LORA_SHAPE, **_COMPUTE), "lora"),
-    "adapter": (AdapterDense, dict(bottleneck_size=presets.ADAPTER_BOTTLENECK, **_COMPUTE), "adapter"),
-    "low_rank_adapter": (LowRankAdapterDense, dict(reduction_factor=presets.LOW_RANK_REDUCTION_FACTOR,
-                                                   low_rank_size=presets.LOW_RANK_SIZE, **_COMPUTE),
-                         "low_rank_adapter"),
-    "bitfit": (nn.Dense, {}, "bitfit"),
-}
 NOT_APPLICABLE = {"ptuning2": "P-Tuning v2 prepends key/value prefixes to attention layers; an MLP has none."}
 ACTIVATION = "relu"
 
@@ -82,19 +70,18 @@ class HandWrittenLoRADense(nn.Cell):
 
 
 def build_mlp(method, preset):
-    """An MLP for ``method`` with every parameter but the method's frozen (``'full'`` trains everything).
+    """An MLP of ``nn.Dense`` layers with ``method`` applied to every layer and every other parameter frozen
+    (``'full'`` trains everything).
 
     Args:
-        method (str): a key of :data:`DENSE_FOR_METHOD`.
+        method (str): a method of :data:`bench.workloads.METHODS` that applies to an MLP.
         preset (bench.presets.Preset): the shapes.
 
     Returns:
         MLP.
     """
-    dense_cls, kwargs, freeze_mode = DENSE_FOR_METHOD[method]
-    net = MLP(preset.mlp_width, preset.mlp_depth, dense_cls, **kwargs)
-    if freeze_mode is not None:
-        freeze_delta(net, freeze_mode)
+    net = MLP(preset.mlp_width, preset.mlp_depth)
+    apply_method(net, method, target_modules="all-dense", head=None, **presets.HYPERPARAMETERS)
     return net
 
 

@@ -9,6 +9,9 @@ ADAPTER_BOTTLENECK = 64
 LOW_RANK_REDUCTION_FACTOR = 32
 LOW_RANK_SIZE = 1
 PTUNING2_PRE_SEQ_LEN = 16
+# The config fields every benchmarked method is applied with.
+HYPERPARAMETERS = {"lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "bottleneck_size": ADAPTER_BOTTLENECK,
+                   "reduction_factor": LOW_RANK_REDUCTION_FACTOR, "low_rank_size": LOW_RANK_SIZE}
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,16 @@
 """The two benchmarked models and the methods each supports, behind one interface."""
 from dataclasses import dataclass
 
+from bert import methods as example_methods
+
 from bench import encoder, mlp
 from bench.param_counts import encoder_counts, mlp_counts
 from bench.training import train_runner
 
-METHODS = ("full", "lora", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
+# The example's methods (full fine-tuning and those of the mindpet registry it applies), without its frozen-head
+# baseline and its loss variants, which cost the same per step as the method they vary.
+METHODS = tuple(name for name in example_methods.METHODS
+                if name != "frozen_head" and name not in example_methods.VARIANTS)
 MODELS = ("mlp", "encoder")
 # Methods that do not apply to a model, with the reason the report prints instead of a number.
 NOT_APPLICABLE = {"mlp": mlp.NOT_APPLICABLE, "encoder": {}}

@@ -36,7 +36,7 @@ def test_every_page_is_checked():
     # A page without a runnable block is allowed, but the pages that teach an API must keep one.
     pages_with_code = {os.path.basename(page) for page in PAGES if runnable_blocks(page)}
     assert {"lora.md", "adapter.md", "low_rank_adapter.md", "prefix.md", "ptuning2.md", "r_drop.md",
-            "bitfit.md", "freeze.md", "checkpoint.md"} <= pages_with_code
+            "bitfit.md", "freeze.md", "checkpoint.md", "injection.md", "README.md"} <= pages_with_code
 
 
 @pytest.mark.parametrize("page", [page for page in PAGES if runnable_blocks(page)],

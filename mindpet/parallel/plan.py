@@ -34,6 +34,7 @@ from mindpet.utils.activation import activation_input_layout, shard_activation
 from mindpet.utils.logger import logger
 from mindpet.utils.validation import argument_error, check_positive_int
 
+
 class Dim(NamedTuple):
     """One tensor axis of a cell. Equal ``Dim`` values are the same axis.
 
@@ -288,6 +289,11 @@ class DegreePlan:
 
     def apply(self, given):
         self._apply(**{arg_name: degree for arg_name, (_, degree) in given.items()})
+
+
+def strategy_arguments(arguments):
+    """The ``strategy_*`` entries of a ``shard()`` call's ``locals()``: ``{argument name: strategy}``."""
+    return {name: value for name, value in arguments.items() if name.startswith("strategy_")}
 
 
 class ShardValidated:

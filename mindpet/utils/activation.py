@@ -183,13 +183,8 @@ def shard_activation(activation, strategy, arg_name, owner):
     A Cell that is not a :class:`ShardableActivation` can be split only if it holds exactly one primitive.
 
     Raises:
-        ValueError: a malformed strategy, a strategy for a cell without activation, or a Cell whose primitives
-            cannot be reached.
+        ValueError: a malformed strategy, or a Cell whose primitives cannot be reached.
     """
-    if strategy is None:
-        return
-    if activation is None:
-        raise argument_error(ValueError, owner, arg_name, "None because the cell has no activation", strategy)
     (layout,) = check_strategy(activation_input_layout(strategy), arg_name, owner, input_ranks=(2,))
     if isinstance(activation, ShardableActivation):
         activation.shard_layout(layout)

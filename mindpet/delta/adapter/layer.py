@@ -6,15 +6,25 @@ from mindspore.common.initializer import HeUniform
 from mindspore.ops import operations as P
 
 from mindpet.delta.base.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
+from mindpet.delta.base.docs import DENSE_SHARD_ARGUMENTS, shard_doc, with_dense_arguments
+from mindpet.parallel.plan import Dim, Operand, primitive_op, strategy_arguments
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
-from mindpet.parallel.plan import Dim, Operand, primitive_op
 from mindpet.utils.validation import check_positive_int
 
 ADAPTER_BRANCH = DELTA_PREFIX + "adapter"
 # The same default as nn.Dense, so the bottleneck starts with well-scaled features; the up-projection starts at
 # zero, which makes the adapter the identity at init.
 _DOWN_WEIGHT_INIT = HeUniform(negative_slope=math.sqrt(5))
+
+# The adapter branch in the shard() arguments of both adapter cells; ``h`` is the adapted tensor.
+_ADAPTER_SHARD_ARGUMENTS = """
+            strategy_matmul_down_sampler (tuple): ``h @ W_down^T``, e.g. ``((dp, 1), (1, 1))``.
+            strategy_bias_down_sampler (tuple): ``+ b_down``, e.g. ``((dp, 1), (1,))``.
+            strategy_non_linearity (tuple): the activation input's layout, e.g. ``((dp, 1),)``.
+            strategy_matmul_up_sampler (tuple): ``h @ W_up^T``, e.g. ``((dp, 1), (1, 1))``.
+            strategy_bias_up_sampler (tuple): ``+ b_up``, e.g. ``((dp, 1), (1,))``.
+            strategy_residual_add (tuple): ``h + branch``, e.g. ``((dp, 1), (dp, 1))``."""
 
 
 class AdapterBranch(BottleneckBranch):
@@ -113,43 +123,18 @@ class AdapterLayer(ResidualAdapterLayer):
 
     def shard(self, strategy_matmul_down_sampler=None, strategy_bias_down_sampler=None, strategy_non_linearity=None,
               strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
-        """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
+        return self._accept_strategies(strategy_arguments(locals()))
 
-        Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
-        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
-
-        Args:
-            strategy_matmul_down_sampler (tuple): ``x @ W_down^T``, e.g. ``((dp, 1), (1, 1))``.
-            strategy_bias_down_sampler (tuple): ``+ b_down``, e.g. ``((dp, 1), (1,))``.
-            strategy_non_linearity (tuple): the activation input's layout, e.g. ``((dp, 1),)``.
-            strategy_matmul_up_sampler (tuple): ``h @ W_up^T``, e.g. ``((dp, 1), (1, 1))``.
-            strategy_bias_up_sampler (tuple): ``+ b_up``, e.g. ``((dp, 1), (1,))``.
-            strategy_residual_add (tuple): ``x + branch``, e.g. ``((dp, 1), (dp, 1))``.
-
-        Returns:
-            The cell itself.
-
-        Raises:
-            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
-                inputs (e.g. a matmul's contracted axis) or into unequal parts (``hidden_size``,
-                ``bottleneck_size``); splits ``N`` or ``hidden_size`` unlike an earlier strategy (the branch is added
-                back to its input); takes an operator's output in another layout than the operator produces; needs a
-                device count that does not divide the one set in a semi-auto or auto parallel context.
-        """
-        return self._accept_strategies(dict(
-            strategy_matmul_down_sampler=strategy_matmul_down_sampler,
-            strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
-            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler,
-            strategy_residual_add=strategy_residual_add))
+    shard.__doc__ = shard_doc(_ADAPTER_SHARD_ARGUMENTS, "``hidden_size``, ``bottleneck_size``",
+                              "``N`` or ``hidden_size`` unlike an earlier strategy (the branch is added back to its "
+                              "input)")
 
     def extend_repr(self):
         return (f"hidden_size={self.hidden_size}, bottleneck_size={self.bottleneck_size}, "
                 f"non_linearity={self.mindpet_delta_adapter.non_linearity}")
 
 
+@with_dense_arguments
 class AdapterDense(ResidualAdapterDense):
     r"""A Dense layer followed by a bottleneck adapter, a drop-in replacement for ``nn.Dense``.
 
@@ -163,17 +148,11 @@ class AdapterDense(ResidualAdapterDense):
     replaces computed. Adapters are nonlinear and cannot be merged into ``weight``.
 
     Args:
-        in_channels (int): size of the last input dimension.
-        out_channels (int): size of the last output dimension, and the adapter's width.
-        weight_init (Union[Tensor, str, Initializer, numbers.Number]): ``weight`` init. Default: ``'normal'``.
-        bias_init (Union[Tensor, str, Initializer, numbers.Number]): ``bias`` init. Default: ``'zeros'``.
-        has_bias (bool): whether to add ``bias``. Default: ``True``.
-        activation (Union[str, Cell, Primitive, None]): activation of the Dense output, before the adapter.
-            Default: ``None``.
+{dense_channels}
+{dense_inits}
         bottleneck_size (int): width of the adapter's bottleneck. Default: 64.
         non_linearity (str): activation inside the adapter. Default: ``'gelu'``.
-        param_init_type (mindspore.dtype): dtype of all parameters, float32 or float16. Default: float32.
-        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+{dtypes}
 
     Inputs:
         - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
@@ -216,43 +195,12 @@ class AdapterDense(ResidualAdapterDense):
     def shard(self, strategy_matmul_org=None, strategy_bias_org=None, strategy_activation_org=None,
               strategy_matmul_down_sampler=None, strategy_bias_down_sampler=None, strategy_non_linearity=None,
               strategy_matmul_up_sampler=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
-        """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
+        return self._accept_strategies(strategy_arguments(locals()))
 
-        Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
-        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
-
-        Args:
-            strategy_matmul_org (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, mp), (1, mp))``: the
-                contracted ``in`` axis split ``mp``-way, the output ``(N, out)`` laid out ``(dp, 1)``.
-            strategy_bias_org (tuple): ``+ bias``, e.g. ``((dp, 1), (1,))``.
-            strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, 1),)``.
-            strategy_matmul_down_sampler (tuple): ``h @ W_down^T``, e.g. ``((dp, 1), (1, 1))``.
-            strategy_bias_down_sampler (tuple): ``+ b_down``, e.g. ``((dp, 1), (1,))``.
-            strategy_non_linearity (tuple): the adapter activation input's layout, e.g. ``((dp, 1),)``.
-            strategy_matmul_up_sampler (tuple): ``h @ W_up^T``, e.g. ``((dp, 1), (1, 1))``.
-            strategy_bias_up_sampler (tuple): ``+ b_up``, e.g. ``((dp, 1), (1,))``.
-            strategy_residual_add (tuple): ``h + branch``, e.g. ``((dp, 1), (dp, 1))``.
-
-        Returns:
-            The cell itself.
-
-        Raises:
-            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
-                inputs (e.g. a matmul's contracted axis) or into unequal parts (``in_channels``, ``out_channels``,
-                ``bottleneck_size``); splits ``N`` or ``out_channels`` unlike an earlier strategy (the adapter is
-                added back to the Dense output); takes an operator's output in another layout than the operator
-                produces; needs a device count that does not divide the one set in a semi-auto or auto parallel
-                context; is given for a bias or activation the cell does not have.
-        """
-        return self._accept_strategies(dict(
-            strategy_matmul_org=strategy_matmul_org, strategy_bias_org=strategy_bias_org,
-            strategy_activation_org=strategy_activation_org, strategy_matmul_down_sampler=strategy_matmul_down_sampler,
-            strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
-            strategy_matmul_up_sampler=strategy_matmul_up_sampler, strategy_bias_up_sampler=strategy_bias_up_sampler,
-            strategy_residual_add=strategy_residual_add))
+    shard.__doc__ = shard_doc(DENSE_SHARD_ARGUMENTS + _ADAPTER_SHARD_ARGUMENTS,
+                              "``in_channels``, ``out_channels``, ``bottleneck_size``",
+                              "``N`` or ``out_channels`` unlike an earlier strategy (the adapter is added back to the "
+                              "Dense output)")
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, bottleneck_size={self.bottleneck_size}, "

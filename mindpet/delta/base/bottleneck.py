@@ -9,10 +9,11 @@ from mindspore.ops import operations as P
 
 from mindpet.delta.base.dense_core import DenseCore
 from mindpet.delta.base.mixed_precision import MixedPrecisionCell
+from mindpet.parallel.plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.activation import build_activation
 from mindpet.utils.param_init import make_parameter
-from mindpet.parallel.plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.validation import check_str
+
 
 class BottleneckBranch(MixedPrecisionCell):
     """``up(non_linearity(down(h) + down_bias)) + up_bias`` on a 2-D input already in the compute dtype.

@@ -2,13 +2,15 @@
 from mindspore import dtype as mstype
 from mindspore.ops import operations as P
 
+from mindpet.delta.base.docs import with_dense_arguments
 from mindpet.delta.base.mixed_precision import MixedPrecisionCell
+from mindpet.parallel.plan import TOKENS, Dim, Operand, primitive_op
 from mindpet.utils.activation import build_activation
 from mindpet.utils.param_init import make_parameter
-from mindpet.parallel.plan import TOKENS, Dim, Operand, primitive_op
 from mindpet.utils.validation import check_bool, check_positive_int
 
 
+@with_dense_arguments
 class DenseCore(MixedPrecisionCell):
     r"""``y = activation(x W^T + b)`` with ``nn.Dense``'s parameter names, so pretrained checkpoints load unchanged.
 
@@ -20,16 +22,9 @@ class DenseCore(MixedPrecisionCell):
     parameters'.
 
     Args:
-        in_channels (int): size of the last input dimension.
-        out_channels (int): size of the last output dimension.
-        weight_init (Union[Tensor, str, Initializer, numbers.Number]): ``weight`` init, shape
-            ``(out_channels, in_channels)``. Default: ``'normal'``.
-        bias_init (Union[Tensor, str, Initializer, numbers.Number]): ``bias`` init, shape ``(out_channels,)``.
-            Default: ``'zeros'``.
-        has_bias (bool): whether to add ``bias``. Default: ``True``.
-        activation (Union[str, Cell, Primitive, None]): activation applied last. Default: ``None``.
-        param_init_type (mindspore.dtype): dtype of the parameters, float32 or float16. Default: float32.
-        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+{dense_channels}
+{dense_inits}
+{dtypes}
 
     Inputs:
         - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.

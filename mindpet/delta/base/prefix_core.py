@@ -10,10 +10,10 @@ from mindspore.common.initializer import Normal
 from mindspore.ops import constexpr
 from mindspore.ops import operations as P
 
+from mindpet.parallel.plan import DegreePlan, Dim, ShardValidated
+from mindpet.parallel.strategy import shard_op
 from mindpet.utils.naming import delta_attr_name
 from mindpet.utils.param_init import make_parameter
-from mindpet.parallel.strategy import shard_op
-from mindpet.parallel.plan import DegreePlan, Dim, ShardValidated
 from mindpet.utils.validation import check_positive_int
 
 # PyTorch's nn.Embedding default, which Prefix-Tuning, P-Tuning v2 and ChatGLM2 trained with: unit-scale rows keep

@@ -7,10 +7,20 @@ from mindspore import dtype as mstype
 from mindspore.common.initializer import HeUniform
 from mindspore.ops import operations as P
 
+from mindpet.delta.base.docs import shard_doc, with_dense_arguments
 from mindpet.delta.base.mergeable import MergeableDense
+from mindpet.parallel.plan import (
+    TOKENS,
+    Dim,
+    Operand,
+    OperatorPlan,
+    ShardValidated,
+    activation_op,
+    primitive_op,
+    strategy_arguments,
+)
 from mindpet.utils.naming import delta_attr_name
 from mindpet.utils.param_init import make_parameter
-from mindpet.parallel.plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.validation import check_nonzero_number, check_positive_int, check_rate
 
 LORA_A = delta_attr_name("lora", "a")
@@ -18,6 +28,7 @@ LORA_B = delta_attr_name("lora", "b")
 _DEFAULT_LORA_A_INIT = HeUniform(negative_slope=math.sqrt(5))
 
 
+@with_dense_arguments
 class LoRADense(ShardValidated, MergeableDense):
     r"""A Dense layer with a trainable low-rank update, a drop-in replacement for ``nn.Dense``.
 
@@ -35,8 +46,7 @@ class LoRADense(ShardValidated, MergeableDense):
     unmerged, 0 merged), so a graph compiled before a merge stays correct after it.
 
     Args:
-        in_channels (int): size of the last input dimension.
-        out_channels (int): size of the last output dimension.
+{dense_channels}
         lora_rank (int): rank of the update, the rows of ``A`` and columns of ``B``.
         lora_alpha (Union[int, float]): scale numerator; the update is multiplied by ``lora_alpha / lora_rank``.
             Must not be 0.
@@ -44,13 +54,8 @@ class LoRADense(ShardValidated, MergeableDense):
         lora_a_init (Union[Tensor, str, Initializer, numbers.Number]): ``A`` init.
             Default: ``HeUniform(negative_slope=math.sqrt(5))``.
         lora_b_init (Union[Tensor, str, Initializer, numbers.Number]): ``B`` init. Default: ``'zeros'``.
-        param_init_type (mindspore.dtype): dtype of all parameters, float32 or float16. Default: float32.
-        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
-        weight_init (Union[Tensor, str, Initializer, numbers.Number]): ``weight`` init. Default: ``'normal'``.
-        bias_init (Union[Tensor, str, Initializer, numbers.Number]): ``bias`` init. Default: ``'zeros'``.
-        has_bias (bool): whether to add ``bias``. Default: ``True``.
-        activation (Union[str, Cell, Primitive, None]): activation applied last, e.g. ``'relu'`` or
-            ``nn.ReLU()``. Default: ``None``.
+{dtypes}
+{dense_inits}
 
     Inputs:
         - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
@@ -136,14 +141,9 @@ class LoRADense(ShardValidated, MergeableDense):
     def shard(self, strategy_org_dense_matmul=None, strategy_org_bias_add=None, strategy_lora_dropout=None,
               strategy_lora_a_matmul=None, strategy_lora_b_matmul=None, strategy_lora_mul=None,
               strategy_lora_add=None, strategy_activation=None):
-        """Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
+        return self._accept_strategies(strategy_arguments(locals()))
 
-        Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D
-        (leading dimensions are flattened into ``N``). The strategies are checked together, with those of earlier
-        calls, before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
-
-        Args:
+    shard.__doc__ = shard_doc("""
             strategy_org_dense_matmul (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, 1), (mp, 1))``.
             strategy_org_bias_add (tuple): ``+ bias``, e.g. ``((dp, mp), (mp,))``.
             strategy_lora_dropout (tuple): dropout on the branch input ``x``, e.g. ``((dp, 1),)``.
@@ -151,25 +151,9 @@ class LoRADense(ShardValidated, MergeableDense):
             strategy_lora_b_matmul (tuple): ``(x A^T) (N, r) @ B (out, r)^T``, e.g. ``((dp, 1), (mp, 1))``.
             strategy_lora_mul (tuple): the branch times its scale (a scalar), e.g. ``((dp, mp), ())``.
             strategy_lora_add (tuple): the Dense output plus the branch, e.g. ``((dp, mp), (dp, mp))``.
-            strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.
-
-        Returns:
-            The cell itself.
-
-        Raises:
-            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts for its
-                operator or a layout of the wrong length; splits an axis unlike itself across the operator's inputs
-                (e.g. the contracted ``in`` axis of a matmul) or into unequal parts (``in_channels``,
-                ``out_channels``, ``lora_rank``); splits ``N`` or ``out_channels`` unlike an earlier strategy (the
-                branch must be split like the Dense output it is added to); takes an operator's output in another
-                layout than the operator produces; needs a device count that does not divide the one set in a
-                semi-auto or auto parallel context; or is given for a bias or activation the cell does not have.
-        """
-        return self._accept_strategies(dict(
-            strategy_org_dense_matmul=strategy_org_dense_matmul, strategy_org_bias_add=strategy_org_bias_add,
-            strategy_lora_dropout=strategy_lora_dropout, strategy_lora_a_matmul=strategy_lora_a_matmul,
-            strategy_lora_b_matmul=strategy_lora_b_matmul, strategy_lora_mul=strategy_lora_mul,
-            strategy_lora_add=strategy_lora_add, strategy_activation=strategy_activation))
+            strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.""", "``in_channels``, ``out_channels``, ``lora_rank``",
+                              "``N`` or ``out_channels`` unlike an earlier strategy (the branch is added to the Dense "
+                              "output)")
 
     def _shard_plan(self):
         """The Dense part ``x W^T + b`` and the branch ``dropout(x) A^T B^T * scale`` meet in ``lora_add``.

@@ -5,9 +5,10 @@ from mindspore.common.initializer import Initializer
 from mindspore.ops import operations as P
 
 from mindpet.delta.base.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
+from mindpet.delta.base.docs import DENSE_SHARD_ARGUMENTS, shard_doc, with_dense_arguments
+from mindpet.parallel.plan import Dim, Operand, primitive_op, strategy_arguments
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
-from mindpet.parallel.plan import Dim, Operand, primitive_op
 from mindpet.utils.validation import argument_error, check_positive_int
 
 LOW_RANK_ADAPTER_BRANCH = DELTA_PREFIX + "low_rank_adapter"
@@ -79,18 +80,6 @@ class LowRankBranch(BottleneckBranch):
     def _up_ops(self, hidden, bottleneck, source, output):
         return self._projection_ops("up", self.up_weight_matmul, self.up_input_matmul, (bottleneck, hidden), source,
                                     output)
-
-
-def _branch_strategies(strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input,
-                       strategy_bias_down_sampler, strategy_non_linearity, strategy_matmul_up_sampler_weight,
-                       strategy_matmul_up_sampler_input, strategy_bias_up_sampler):
-    """The low-rank branch's ``shard()`` arguments by name."""
-    return dict(strategy_matmul_down_sampler_weight=strategy_matmul_down_sampler_weight,
-                strategy_matmul_down_sampler_input=strategy_matmul_down_sampler_input,
-                strategy_bias_down_sampler=strategy_bias_down_sampler, strategy_non_linearity=strategy_non_linearity,
-                strategy_matmul_up_sampler_weight=strategy_matmul_up_sampler_weight,
-                strategy_matmul_up_sampler_input=strategy_matmul_up_sampler_input,
-                strategy_bias_up_sampler=strategy_bias_up_sampler)
 
 
 _SHARD_ARGS_DOC = """
@@ -172,32 +161,11 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
     def shard(self, strategy_matmul_down_sampler_weight=None, strategy_matmul_down_sampler_input=None,
               strategy_bias_down_sampler=None, strategy_non_linearity=None, strategy_matmul_up_sampler_weight=None,
               strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
-        return self._accept_strategies(dict(**_branch_strategies(
-            strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input, strategy_bias_down_sampler,
-            strategy_non_linearity, strategy_matmul_up_sampler_weight, strategy_matmul_up_sampler_input,
-            strategy_bias_up_sampler), strategy_residual_add=strategy_residual_add))
+        return self._accept_strategies(strategy_arguments(locals()))
 
-    shard.__doc__ = f"""Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
-
-        Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
-        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
-
-        Args:{_SHARD_ARGS_DOC}
-
-        Returns:
-            The cell itself.
-
-        Raises:
-            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
-                inputs (e.g. a matmul's contracted axis) or into unequal parts (``hidden_size``, ``low_rank_size``,
-                the bottleneck width); splits ``N`` or ``hidden_size`` unlike an earlier strategy (the branch is
-                added back to its input); takes an operator's output in another layout than the operator produces
-                (e.g. a projection weight in another layout than the ``*_weight`` matmul forms it in); needs a
-                device count that does not divide the one set in a semi-auto or auto parallel context.
-        """
+    shard.__doc__ = shard_doc(_SHARD_ARGS_DOC, "``hidden_size``, ``low_rank_size``, the bottleneck width",
+                              "``N`` or ``hidden_size`` unlike an earlier strategy (the branch is added back to its "
+                              "input)")
 
     def extend_repr(self):
         return (f"hidden_size={self.hidden_size}, reduction_factor={self.reduction_factor}, "
@@ -205,6 +173,7 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
                 f"non_linearity={self.mindpet_delta_low_rank_adapter.non_linearity}")
 
 
+@with_dense_arguments
 class LowRankAdapterDense(ResidualAdapterDense):
     r"""A Dense layer followed by a low-rank adapter, a drop-in replacement for ``nn.Dense``.
 
@@ -219,20 +188,14 @@ class LowRankAdapterDense(ResidualAdapterDense):
     cell is close to, but not exactly, the Dense layer it replaces.
 
     Args:
-        in_channels (int): size of the last input dimension.
-        out_channels (int): size of the last output dimension, and the adapter's width.
-        weight_init (Union[Tensor, str, Initializer, numbers.Number]): ``weight`` init. Default: ``'normal'``.
-        bias_init (Union[Tensor, str, Initializer, numbers.Number]): ``bias`` init. Default: ``'zeros'``.
-        has_bias (bool): whether to add ``bias``. Default: ``True``.
-        activation (Union[str, Cell, Primitive, None]): activation of the Dense output, before the adapter.
-            Default: ``None``.
+{dense_channels}
+{dense_inits}
         reduction_factor (int): the bottleneck is ``out_channels // reduction_factor`` wide; at most
             ``out_channels``. Default: 1.
         low_rank_size (int): rank of each projection's factors. Default: 1.
         low_rank_w_init (Union[str, Initializer]): init of the four factors. Default: ``'xavier_uniform'``.
         non_linearity (str): activation inside the adapter. Default: ``'gelu'``.
-        param_init_type (mindspore.dtype): dtype of all parameters, float32 or float16. Default: float32.
-        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+{dtypes}
 
     Inputs:
         - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
@@ -281,40 +244,12 @@ class LowRankAdapterDense(ResidualAdapterDense):
               strategy_matmul_down_sampler_weight=None, strategy_matmul_down_sampler_input=None,
               strategy_bias_down_sampler=None, strategy_non_linearity=None, strategy_matmul_up_sampler_weight=None,
               strategy_matmul_up_sampler_input=None, strategy_bias_up_sampler=None, strategy_residual_add=None):
-        strategies = _branch_strategies(
-            strategy_matmul_down_sampler_weight, strategy_matmul_down_sampler_input, strategy_bias_down_sampler,
-            strategy_non_linearity, strategy_matmul_up_sampler_weight, strategy_matmul_up_sampler_input,
-            strategy_bias_up_sampler)
-        return self._accept_strategies(
-            dict(strategy_matmul_org=strategy_matmul_org, strategy_bias_org=strategy_bias_org,
-                 strategy_activation_org=strategy_activation_org, strategy_residual_add=strategy_residual_add,
-                 **strategies))
+        return self._accept_strategies(strategy_arguments(locals()))
 
-    shard.__doc__ = f"""Set the parallel strategy of each operator (used in semi-auto and auto parallel mode).
-
-        Every strategy is a tuple with one layout per operator input, as for ``mindspore.ops.Primitive.shard``;
-        None leaves that operator to the framework (strategies set by an earlier call stay). Inputs are 2-D (leading
-        dimensions are flattened into ``N``). The strategies are checked together, with those of earlier calls,
-        before any is applied; see :mod:`mindpet.parallel.plan` for the rules.
-
-        Args:
-            strategy_matmul_org (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, mp), (1, mp))``: the
-                contracted ``in`` axis split ``mp``-way, the output ``(N, out)`` laid out ``(dp, 1)``.
-            strategy_bias_org (tuple): ``+ bias``, e.g. ``((dp, 1), (1,))``.
-            strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, 1),)``.{_SHARD_ARGS_DOC}
-
-        Returns:
-            The cell itself.
-
-        Raises:
-            ValueError: a strategy is not a tuple of tuples of positive ints, has the wrong number of layouts
-                for its operator or a layout of the wrong length; splits an axis unlike itself across the operator's
-                inputs (e.g. a matmul's contracted axis) or into unequal parts (``in_channels``, ``out_channels``,
-                ``low_rank_size``, the bottleneck width); splits ``N`` or ``out_channels`` unlike an earlier strategy
-                (the adapter is added back to the Dense output); takes an operator's output in another layout than
-                the operator produces; needs a device count that does not divide the one set in a semi-auto or auto
-                parallel context.
-        """
+    shard.__doc__ = shard_doc(DENSE_SHARD_ARGUMENTS + _SHARD_ARGS_DOC,
+                              "``in_channels``, ``out_channels``, ``low_rank_size``, the bottleneck width",
+                              "``N`` or ``out_channels`` unlike an earlier strategy (the adapter is added back to the "
+                              "Dense output)")
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, reduction_factor={self.reduction_factor}, "

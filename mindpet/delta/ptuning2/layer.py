@@ -3,8 +3,8 @@ from mindspore.ops import constexpr
 from mindspore.ops import operations as P
 
 from mindpet.delta.base.prefix_core import PrefixCore, check_call_batch_size
-from mindpet.utils.dtype import check_float_dtype
 from mindpet.parallel.strategy import shard_op
+from mindpet.utils.dtype import check_float_dtype
 from mindpet.utils.validation import check_bool, check_positive_int, check_rate
 
 
