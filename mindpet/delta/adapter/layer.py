@@ -6,7 +6,7 @@ from mindspore.common.initializer import HeUniform
 from mindspore.ops import operations as P
 
 from mindpet.delta.base.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
-from mindpet.delta.base.docs import DENSE_SHARD_ARGUMENTS, shard_doc, with_dense_arguments
+from mindpet.delta.base.docs import DENSE_ADAPTER_TIED, DENSE_SHARD_ARGUMENTS, shard_doc, with_dense_arguments
 from mindpet.parallel.plan import Dim, Operand, primitive_op, strategy_arguments
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
@@ -63,6 +63,7 @@ class AdapterBranch(BottleneckBranch):
                              (source, Operand("up_weight", (hidden, bottleneck))), output),)
 
 
+@with_dense_arguments
 class AdapterLayer(ResidualAdapterLayer):
     r"""A bottleneck adapter inserted after an existing layer: ``y = x + up(non_linearity(down(x)))``.
 
@@ -83,14 +84,9 @@ class AdapterLayer(ResidualAdapterLayer):
         non_linearity (str): activation between the projections, one of the names
             :func:`mindpet.utils.activation.build_activation` knows (e.g. ``'gelu'``, ``'relu'``, ``'tanh'``,
             ``'leakyrelu'``, ``'silu'``). Default: ``'gelu'``.
-        param_init_type (mindspore.dtype): dtype of the parameters, float32 or float16. Default: float32.
-        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+{dtypes}
 
-    Inputs:
-        - **x** (Tensor) - shape :math:`(*, hidden\_size)`, rank >= 2.
-
-    Outputs:
-        Tensor of the shape and dtype of ``x``.
+{layer_inputs_outputs}
 
     Raises:
         TypeError: ``hidden_size`` or ``bottleneck_size`` is not an int; ``non_linearity`` is not a str;
@@ -154,11 +150,7 @@ class AdapterDense(ResidualAdapterDense):
         non_linearity (str): activation inside the adapter. Default: ``'gelu'``.
 {dtypes}
 
-    Inputs:
-        - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
-
-    Outputs:
-        Tensor of shape :math:`(*, out\_channels)` and the dtype of ``x``.
+{dense_inputs_outputs}
 
     Raises:
         TypeError: ``in_channels``, ``out_channels`` or ``bottleneck_size`` is not an int; ``has_bias`` is not a
@@ -198,9 +190,7 @@ class AdapterDense(ResidualAdapterDense):
         return self._accept_strategies(strategy_arguments(locals()))
 
     shard.__doc__ = shard_doc(DENSE_SHARD_ARGUMENTS + _ADAPTER_SHARD_ARGUMENTS,
-                              "``in_channels``, ``out_channels``, ``bottleneck_size``",
-                              "``N`` or ``out_channels`` unlike an earlier strategy (the adapter is added back to the "
-                              "Dense output)")
+                              "``in_channels``, ``out_channels``, ``bottleneck_size``", DENSE_ADAPTER_TIED)
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, bottleneck_size={self.bottleneck_size}, "

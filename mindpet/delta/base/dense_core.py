@@ -26,11 +26,7 @@ class DenseCore(MixedPrecisionCell):
 {dense_inits}
 {dtypes}
 
-    Inputs:
-        - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
-
-    Outputs:
-        Tensor of shape :math:`(*, out\_channels)` and the dtype of ``x``.
+{dense_inputs_outputs}
     """
 
     def __init__(self, in_channels, out_channels, weight_init="normal", bias_init="zeros", has_bias=True,

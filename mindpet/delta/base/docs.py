@@ -10,6 +10,18 @@ _DENSE_ARGUMENTS = {
         has_bias (bool): whether to add ``bias``. Default: ``True``.
         activation (Union[str, Cell, Primitive, None]): activation of the Dense output, e.g. ``'relu'`` or
             ``nn.ReLU()``. Default: ``None``.""",
+    "{dense_inputs_outputs}": """\
+    Inputs:
+        - **x** (Tensor) - shape :math:`(*, in\\_channels)`, rank >= 2.
+
+    Outputs:
+        Tensor of shape :math:`(*, out\\_channels)` and the dtype of ``x``.""",
+    "{layer_inputs_outputs}": """\
+    Inputs:
+        - **x** (Tensor) - shape :math:`(*, hidden\\_size)`, rank >= 2.
+
+    Outputs:
+        Tensor of the shape and dtype of ``x``.""",
     "{dtypes}": """\
         param_init_type (mindspore.dtype): dtype of the parameters, float32 or float16. Default: float32.
         compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.""",
@@ -23,9 +35,14 @@ DENSE_SHARD_ARGUMENTS = """
             strategy_activation_org (tuple): the Dense activation input's layout, e.g. ``((dp, 1),)``."""
 
 
+# What the Dense form of an adapter ties in its shard() contract.
+DENSE_ADAPTER_TIED = ("``N`` or ``out_channels`` unlike an earlier strategy (the adapter is added back to the Dense "
+                      "output)")
+
+
 def with_dense_arguments(cls):
     """Class decorator: put the shared Dense argument descriptions where the docstring says ``{dense_channels}``,
-    ``{dense_inits}`` and ``{dtypes}``."""
+    ``{dense_inits}``, ``{dtypes}``, ``{dense_inputs_outputs}`` and ``{layer_inputs_outputs}`` (an adapter inserted after a layer)."""
     for marker, text in _DENSE_ARGUMENTS.items():
         cls.__doc__ = cls.__doc__.replace(marker, text)
     return cls

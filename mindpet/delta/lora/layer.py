@@ -57,11 +57,7 @@ class LoRADense(ShardValidated, MergeableDense):
 {dtypes}
 {dense_inits}
 
-    Inputs:
-        - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
-
-    Outputs:
-        Tensor of shape :math:`(*, out\_channels)` and the dtype of ``x``.
+{dense_inputs_outputs}
 
     Raises:
         TypeError: ``in_channels``, ``out_channels`` or ``lora_rank`` is not an int; ``lora_alpha`` is not an int

@@ -5,7 +5,7 @@ from mindspore.common.initializer import Initializer
 from mindspore.ops import operations as P
 
 from mindpet.delta.base.bottleneck import BottleneckBranch, ResidualAdapterDense, ResidualAdapterLayer
-from mindpet.delta.base.docs import DENSE_SHARD_ARGUMENTS, shard_doc, with_dense_arguments
+from mindpet.delta.base.docs import DENSE_ADAPTER_TIED, DENSE_SHARD_ARGUMENTS, shard_doc, with_dense_arguments
 from mindpet.parallel.plan import Dim, Operand, primitive_op, strategy_arguments
 from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.param_init import make_parameter
@@ -93,6 +93,7 @@ _SHARD_ARGS_DOC = """
             strategy_residual_add (tuple): the residual sum, e.g. ``((dp, 1), (dp, 1))``."""
 
 
+@with_dense_arguments
 class LowRankAdapterLayer(ResidualAdapterLayer):
     r"""A low-rank adapter inserted after an existing layer: an :class:`~mindpet.delta.AdapterLayer` whose
     projection weights are each a product of two rank-``low_rank_size`` factors.
@@ -116,14 +117,9 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
         low_rank_w_init (Union[str, Initializer]): init of the four factors. Default: ``'xavier_uniform'``.
         non_linearity (str): activation between the projections, e.g. ``'gelu'``, ``'relu'``, ``'tanh'``,
             ``'leakyrelu'`` or ``'silu'``. Default: ``'gelu'``.
-        param_init_type (mindspore.dtype): dtype of the parameters, float32 or float16. Default: float32.
-        compute_dtype (mindspore.dtype): dtype of the matmuls, float16 or float32. Default: float16.
+{dtypes}
 
-    Inputs:
-        - **x** (Tensor) - shape :math:`(*, hidden\_size)`, rank >= 2.
-
-    Outputs:
-        Tensor of the shape and dtype of ``x``.
+{layer_inputs_outputs}
 
     Raises:
         TypeError: ``hidden_size``, ``reduction_factor`` or ``low_rank_size`` is not an int; ``low_rank_w_init``
@@ -197,11 +193,7 @@ class LowRankAdapterDense(ResidualAdapterDense):
         non_linearity (str): activation inside the adapter. Default: ``'gelu'``.
 {dtypes}
 
-    Inputs:
-        - **x** (Tensor) - shape :math:`(*, in\_channels)`, rank >= 2.
-
-    Outputs:
-        Tensor of shape :math:`(*, out\_channels)` and the dtype of ``x``.
+{dense_inputs_outputs}
 
     Raises:
         TypeError: ``in_channels``, ``out_channels``, ``reduction_factor`` or ``low_rank_size`` is not an int;
@@ -247,9 +239,7 @@ class LowRankAdapterDense(ResidualAdapterDense):
         return self._accept_strategies(strategy_arguments(locals()))
 
     shard.__doc__ = shard_doc(DENSE_SHARD_ARGUMENTS + _SHARD_ARGS_DOC,
-                              "``in_channels``, ``out_channels``, ``low_rank_size``, the bottleneck width",
-                              "``N`` or ``out_channels`` unlike an earlier strategy (the adapter is added back to the "
-                              "Dense output)")
+                              "``in_channels``, ``out_channels``, ``low_rank_size``, the bottleneck width", DENSE_ADAPTER_TIED)
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, reduction_factor={self.reduction_factor}, "
