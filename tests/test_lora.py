@@ -6,7 +6,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindpet.delta import LoRADense, merge_and_unload
+from mindpet.delta import AdapterDense, AdapterLayer, LoRADense, LowRankAdapterDense, merge_and_unload
 from mindpet.delta.dense_core import DenseCore
 from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
@@ -302,6 +302,13 @@ def _make(**overrides):
     (dict(lora_alpha="16"), TypeError, "lora_alpha"),
     (dict(lora_alpha=None), TypeError, "lora_alpha"),
     (dict(lora_alpha=0), ValueError, "lora_alpha"),
+    (dict(lora_alpha=float("nan")), ValueError, "lora_alpha"),
+    (dict(lora_alpha=float("inf")), ValueError, "lora_alpha"),
+    (dict(lora_alpha=-np.inf), ValueError, "lora_alpha"),
+    (dict(lora_alpha=10 ** 400), ValueError, "lora_alpha"),
+    (dict(in_channels=10 ** 30), ValueError, "in_channels"),
+    (dict(out_channels=2 ** 31), ValueError, "out_channels"),
+    (dict(lora_rank=10 ** 30), ValueError, "lora_rank"),
     (dict(lora_dropout="0.1"), TypeError, "lora_dropout"),
     (dict(lora_dropout=1), TypeError, "lora_dropout"),
     (dict(lora_dropout=1.0), ValueError, "lora_dropout"),
@@ -317,6 +324,10 @@ def _make(**overrides):
     (dict(weight_init=Tensor(np.zeros((IN, OUT), np.float32))), ValueError, "weight_init"),
     (dict(bias_init=Tensor(np.zeros((OUT, 1), np.float32))), ValueError, "bias_init"),
     (dict(weight_init="no_such_init"), ValueError, "weight_init"),
+    (dict(lora_a_init=float("nan")), ValueError, "lora_a_init"),
+    (dict(bias_init=-np.inf), ValueError, "bias_init"),
+    (dict(lora_b_init=Tensor(np.full((OUT, RANK), np.nan, np.float32))), ValueError, "lora_b_init"),
+    (dict(weight_init=Tensor(np.where(np.eye(OUT, IN), np.inf, 0.0).astype(np.float16))), ValueError, "weight_init"),
     (dict(lora_b_init=[0.0]), TypeError, "lora_b_init"),
 ])
 def test_bad_arguments(overrides, error, argument):
@@ -324,6 +335,25 @@ def test_bad_arguments(overrides, error, argument):
         _make(**overrides)
     # The message shows what was received.
     assert "but got" in str(info.value)
+
+
+@pytest.mark.parametrize("make_cell", [
+    lambda: LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA),
+    lambda: AdapterDense(IN, OUT, bottleneck_size=2),
+    lambda: LowRankAdapterDense(IN, OUT, reduction_factor=1),
+    lambda: AdapterLayer(IN, bottleneck_size=2),
+], ids=["LoRADense", "AdapterDense", "LowRankAdapterDense", "AdapterLayer"])
+def test_integer_input_is_refused(mode, make_cell):
+    """
+    Feature: The input dtype check of every delta cell (MixedPrecisionCell), GRAPH and PYNATIVE.
+    Description: Call the cell on an int32 Tensor, which the cast to the compute dtype would silently accept.
+    Expectation: TypeError naming the cell, the input and the dtype, as nn.Dense raises one; float input still works.
+    """
+    cell = make_cell()
+    with pytest.raises(TypeError, match=f"For '{type(cell).__name__}', the input 'x' must be a float16, float32 "
+                                        f"or bfloat16 Tensor, but got a Tensor of dtype Int32"):
+        cell(Tensor(np.full((2, IN), 3), ms.int32))
+    assert cell(Tensor(np.ones((2, IN)), ms.float32)).dtype == ms.float32
 
 
 def test_unknown_activation_is_both_value_and_key_error():

@@ -9,7 +9,7 @@ from mindspore.ops import operations as P
 
 from mindpet.delta.dense_core import DenseCore
 from mindpet.utils.logger import logger
-from mindpet.utils.naming import delta_attr_name
+from mindpet.utils.naming import LORA_BRANCH_SCALE, delta_attr_name
 from mindpet.utils.param_init import make_parameter
 from mindpet.utils.shard_plan import TOKENS, Dim, Operand, OperatorPlan, ShardValidated, activation_op, primitive_op
 from mindpet.utils.validation import argument_error, check_nonzero_number, check_positive_int, check_rate
@@ -62,9 +62,11 @@ class LoRADense(ShardValidated, DenseCore):
     Raises:
         TypeError: ``in_channels``, ``out_channels`` or ``lora_rank`` is not an int; ``lora_alpha`` is not an int
             or float; ``lora_dropout`` is not a float; ``has_bias`` is not a bool; ``activation`` is not a str,
-            Cell, Primitive or None; ``param_init_type`` or ``compute_dtype`` is not float16 or float32.
-        ValueError: ``in_channels``, ``out_channels`` or ``lora_rank`` is <= 0; ``lora_alpha`` is 0;
-            ``lora_dropout`` is outside [0, 1); an init Tensor has the wrong shape.
+            Cell, Primitive or None; ``param_init_type`` or ``compute_dtype`` is not float16 or float32; when
+            called, ``x`` is not a float16, float32 or bfloat16 Tensor (at compile time in GRAPH mode).
+        ValueError: ``in_channels``, ``out_channels`` or ``lora_rank`` is <= 0 or above 2**31 - 1;
+            ``lora_alpha`` is 0, NaN or infinite; ``lora_dropout`` is outside [0, 1); an init Tensor has the
+            wrong shape; an init number or Tensor value is NaN or infinite.
         ActivationNotFoundError: ``activation`` is an unknown name (a ValueError and a KeyError).
 
     Examples:
@@ -95,7 +97,7 @@ class LoRADense(ShardValidated, DenseCore):
                                              LORA_A, "lora_a_init", owner))
         setattr(self, LORA_B, make_parameter(lora_b_init, (self.out_channels, self.lora_rank), param_init_type,
                                              LORA_B, "lora_b_init", owner))
-        self.lora_branch_scale = Parameter(Tensor(self.scaling, mstype.float32), name="lora_branch_scale",
+        self.lora_branch_scale = Parameter(Tensor(self.scaling, mstype.float32), name=LORA_BRANCH_SCALE,
                                            requires_grad=False)
 
         self.lora_dropout = nn.Dropout(p=self.lora_dropout_rate)
