@@ -12,8 +12,9 @@ MODULES = sorted(info.name for info in pkgutil.walk_packages(mindpet.__path__, "
 MODULES_WITH_EXAMPLES = {
     "mindpet.delta.lora", "mindpet.delta.adapter", "mindpet.delta.low_rank_adapter", "mindpet.delta.prefix_layer",
     "mindpet.delta.ptuning2", "mindpet.delta.prefix_attention", "mindpet.delta.r_drop",
-    "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util",
-    "mindpet.graph.distributed_ckpt", "mindpet.graph.strategy_check",
+    "mindpet.graph.freeze_utils", "mindpet.graph.strategy_check", "mindpet.checkpoint.atomic",
+    "mindpet.checkpoint.callback", "mindpet.checkpoint.guard", "mindpet.checkpoint.loader",
+    "mindpet.checkpoint.selection", "mindpet.checkpoint.sliced", "mindpet.utils.validation",
 }
 
 

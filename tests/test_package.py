@@ -38,6 +38,18 @@ import pytest
     ("mindpet.graph", "merge_sliced_delta_checkpoints"),
     ("mindpet.graph.freeze_utils", "freeze_delta"),
     ("mindpet.graph.ckpt_util", "TrainableParamsCheckPoint"),
+    ("mindpet.graph.ckpt_util", "load_delta_checkpoint"),
+    ("mindpet.graph.distributed_ckpt", "merge_sliced_delta_checkpoints"),
+    ("mindpet.graph", "TrainingGuard"),
+    ("mindpet.graph", "load_base_checkpoint"),
+    ("mindpet.checkpoint", "TrainableParamsCheckPoint"),
+    ("mindpet.checkpoint", "TrainingGuard"),
+    ("mindpet.checkpoint", "load_delta_checkpoint"),
+    ("mindpet.checkpoint", "load_base_checkpoint"),
+    ("mindpet.checkpoint", "DeltaLoadResult"),
+    ("mindpet.checkpoint", "BaseLoadResult"),
+    ("mindpet.checkpoint", "merge_sliced_delta_checkpoints"),
+    ("mindpet.checkpoint", "trained_parameters"),
 ])
 def test_public_import_paths(module, name):
     package = __import__(module, fromlist=[name])
@@ -60,5 +72,6 @@ def _modules_loaded_by(statement):
 def test_importing_one_module_does_not_import_the_others():
     freezing = _modules_loaded_by("from mindpet.graph import freeze_delta")
     assert "mindpet.graph.ckpt_util" not in freezing and "mindpet.delta.lora" not in freezing
+    assert "mindpet.checkpoint" not in freezing
     lora = _modules_loaded_by("from mindpet.delta import LoRADense")
     assert "mindpet.delta.lora" in lora and "mindpet.graph.freeze_utils" not in lora
