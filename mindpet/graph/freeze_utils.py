@@ -3,6 +3,7 @@
 Freezing sets ``Parameter.requires_grad``, which decides what ``Cell.trainable_params()`` returns. It must happen
 before the optimizer is built: an optimizer built earlier keeps updating every parameter it was given.
 """
+import difflib
 import fnmatch
 import json
 import os
@@ -11,7 +12,7 @@ from mindspore import nn
 
 from mindpet.utils.logger import logger
 from mindpet.utils.naming import DELTA_METHODS, DELTA_PREFIX, is_delta_param
-from mindpet.utils.validation import argument_error, check_str, check_str_list
+from mindpet.utils.validation import argument_error, check_str, check_str_list, quote_names, quote_value
 
 # BitFit owns no delta parameters: it trains the model's own bias terms.
 BITFIT_MODE = "bitfit"
@@ -24,6 +25,10 @@ CONFIG_SECTION = "freeze"
 CONFIG_KEYS = ("include", "exclude", "mode")
 YAML_EXTENSIONS = (".yaml", ".yml")
 JSON_EXTENSIONS = (".json",)
+# A freeze config is a few lines; anything larger is refused before it is read.
+MAX_CONFIG_BYTES = 1024 * 1024
+# How many parameter names a warning about a pattern that matches nothing suggests.
+CLOSE_MATCHES = 3
 
 
 def _check_cell(model, owner):
@@ -45,6 +50,28 @@ def _check_mode(mode, arg_name, owner):
 
 def _matches_any(name, patterns):
     return patterns is not None and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _warn_unmatched_patterns(owner, params, include, exclude):
+    """Warn about each pattern that matches no parameter name, naming the closest names.
+
+    A pattern without a wildcard must equal a whole dotted name, so ``exclude=['head']`` matches nothing in a model
+    whose head parameters are ``head.weight`` and ``head.bias``; the warning then suggests ``'*head*'``.
+    """
+    names = [param.name for param in params]
+    for arg_name, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns or ():
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                continue
+            closest = difflib.get_close_matches(pattern, names, n=CLOSE_MATCHES, cutoff=0.0)
+            hint = ""
+            wildcard = f"*{pattern}*"
+            if not any(char in pattern for char in "*?[") and any(fnmatch.fnmatchcase(name, wildcard)
+                                                                  for name in names):
+                hint = f" Patterns match whole names: did you mean {quote_value(wildcard)}?"
+            logger.warning("For '%s', the %s pattern %s matches no parameter name, so it changes nothing; the "
+                           "closest names are %s.%s", owner, arg_name, quote_value(pattern), quote_names(closest),
+                           hint)
 
 
 def _apply_patterns(params, include, exclude):
@@ -90,7 +117,8 @@ def freeze_modules(model, include=None, exclude=None):
     Patterns are matched case-sensitively (``fnmatch.fnmatchcase``) against each ``Parameter.name``, the dotted
     attribute path such as ``encoder.0.query.weight``; ``*`` also matches dots. A parameter matched by ``include``
     only is frozen (``requires_grad=False``); one matched by ``exclude`` only becomes trainable; one matched by
-    both or by neither keeps its current state.
+    both or by neither keeps its current state. A pattern that matches no parameter name changes nothing; it is
+    logged as a WARNING naming the closest parameter names.
 
     Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -122,6 +150,7 @@ def freeze_modules(model, include=None, exclude=None):
         raise ValueError(f"For '{owner}', at least one of the arguments 'include' and 'exclude' must be given, "
                          f"but both are None.")
     params = list(model.get_parameters())
+    _warn_unmatched_patterns(owner, params, include, exclude)
     _apply_patterns(params, include, exclude)
     _log_summary(owner, params)
     return _trainable_names(params)
@@ -136,7 +165,8 @@ def freeze_delta(model, mode, include=None, exclude=None):
     apply as in :func:`freeze_modules`, e.g. ``exclude=['*head*']`` keeps a task head trainable.
 
     Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
-    Logs one INFO line with the trainable share of the parameters.
+    Logs one INFO line with the trainable share of the parameters, and a WARNING for each `include` or `exclude`
+    pattern that matches no parameter name (with the closest names).
 
     Args:
         model (mindspore.nn.Cell): The network whose parameters are frozen in place.
@@ -175,6 +205,7 @@ def freeze_delta(model, mode, include=None, exclude=None):
                          f"{_expected_naming(method)}. Add the delta cells to the model before freezing.")
     for param, is_selected in zip(params, selected):
         param.requires_grad = is_selected
+    _warn_unmatched_patterns(owner, params, include, exclude)
     _apply_patterns(params, include, exclude)
     _log_summary(f"{owner}(mode='{method}')", params)
     return _trainable_names(params)
@@ -187,8 +218,21 @@ def _parse_yaml(text, path):
     except ImportError as err:
         raise ImportError(f"For 'freeze_from_config', reading the YAML file '{path}' needs PyYAML: "
                           f"pip install pyyaml (or pip install mindpet[yaml]).") from err
+
+    class NoAliasSafeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+        """SafeLoader refusing aliases (``*name``): a few hundred bytes of nested aliases expand to gigabytes."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                alias = self.peek_event()
+                raise ValueError(f"For 'freeze_from_config', the config file '{path}' uses the YAML alias "
+                                 f"{quote_value('*' + alias.anchor)} at line {alias.start_mark.line + 1}, column "
+                                 f"{alias.start_mark.column + 1}; freeze configs may not use aliases, which can "
+                                 f"expand a small file into gigabytes. Write the patterns out.")
+            return super().compose_node(parent, index)
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=NoAliasSafeLoader)
     except yaml.YAMLError as err:
         raise ValueError(f"For 'freeze_from_config', the config file '{path}' is not valid YAML "
                          f"(quote patterns that start with '*'): {err}") from err
@@ -214,6 +258,10 @@ def _read_config(path):
     else:
         raise ValueError(f"For '{owner}', the config file '{path}' must end in "
                          f"{', '.join(YAML_EXTENSIONS + JSON_EXTENSIONS)}, but ends in {extension!r}.")
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"For '{owner}', the config file '{path}' is {size:,} bytes; a freeze config may be at most "
+                         f"{MAX_CONFIG_BYTES:,} bytes (1 MiB), so it is not read.")
     try:
         with open(path, encoding="utf-8") as config_file:
             text = config_file.read()
@@ -231,15 +279,15 @@ def _read_freeze_settings(path):
                          f"but holds {type(content).__name__}.")
     if CONFIG_SECTION not in content:
         raise ValueError(f"For '{owner}', the config file '{path}' has no '{CONFIG_SECTION}' key; "
-                         f"its top-level keys are {sorted(map(str, content))}.")
+                         f"its top-level keys are {quote_names(sorted(map(str, content)))}.")
     section = content[CONFIG_SECTION]
     if not isinstance(section, dict):
         raise ValueError(f"For '{owner}', the key '{CONFIG_SECTION}' in the config file '{path}' must hold a "
-                         f"mapping with keys {list(CONFIG_KEYS)}, but holds {section!r}.")
+                         f"mapping with keys {list(CONFIG_KEYS)}, but holds {quote_value(section)}.")
     unknown_keys = sorted(str(key) for key in section if key not in CONFIG_KEYS)
     if unknown_keys:
         raise ValueError(f"For '{owner}', the key '{CONFIG_SECTION}' in the config file '{path}' has unknown "
-                         f"keys {unknown_keys}; the allowed keys are {list(CONFIG_KEYS)}.")
+                         f"keys {quote_names(unknown_keys)}; the allowed keys are {list(CONFIG_KEYS)}.")
     if not section:
         raise ValueError(f"For '{owner}', the key '{CONFIG_SECTION}' in the config file '{path}' is empty; "
                          f"give at least one of {list(CONFIG_KEYS)}.")
@@ -261,7 +309,8 @@ def freeze_from_config(model, config_path):
     The file (``.yaml``, ``.yml`` or ``.json``) holds a top-level ``freeze`` mapping with ``include`` and/or
     ``exclude`` pattern lists, and optionally a ``mode``. With a mode the settings go to :func:`freeze_delta`,
     otherwise to :func:`freeze_modules`. Other top-level keys are ignored, so the section can live in a larger
-    training config. Reading YAML needs PyYAML (``pip install mindpet[yaml]``).
+    training config. Reading YAML needs PyYAML (``pip install mindpet[yaml]``). The file may be at most 1 MiB, and
+    YAML aliases (``*name``) are refused: nested aliases expand a few hundred bytes into gigabytes.
 
     Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -277,9 +326,10 @@ def freeze_from_config(model, config_path):
         TypeError: If ``include`` or ``exclude`` in the file is not a list of str, or ``mode`` is not a str.
         FileNotFoundError: If `config_path` does not name an existing file.
         ImportError: If the file is YAML and PyYAML is not installed.
-        ValueError: If the extension is not ``.yaml``, ``.yml`` or ``.json``, the file does not parse, it has no
-            ``freeze`` mapping, the mapping is empty or has unknown keys, a pattern list is empty or ``mode`` is
-            unknown; and for the reasons :func:`freeze_modules` or :func:`freeze_delta` raise it.
+        ValueError: If the extension is not ``.yaml``, ``.yml`` or ``.json``, the file is larger than 1 MiB or uses
+            a YAML alias, the file does not parse, it has no ``freeze`` mapping, the mapping is empty or has unknown
+            keys, a pattern list is empty or ``mode`` is unknown; and for the reasons :func:`freeze_modules` or
+            :func:`freeze_delta` raise it.
 
     Examples:
         >>> import json, os, tempfile
