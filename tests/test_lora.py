@@ -1,5 +1,7 @@
 """LoRADense against a NumPy reference of its formula, its errors, merge/unmerge and shard()."""
 import logging
+import os
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +104,55 @@ def test_fresh_cell_equals_the_dense_it_replaces(mode):
     assert np.any(lora.mindpet_delta_lora_a.asnumpy())
     x = Tensor(np.random.default_rng(6).standard_normal((4, IN)).astype(np.float32))
     np.testing.assert_allclose(lora(x).asnumpy(), dense(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+LORA_DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "lora.md")
+
+
+def documented_precision():
+    """The Precision table of docs/lora.md: compute dtype name -> (fresh vs nn.Dense, merged vs unmerged)."""
+    table = {}
+    with open(LORA_DOCS, encoding="utf-8") as docs:
+        for line in docs:
+            # Cells are separated by '|' not escaped as '\\|' (which the cells use for max|y|).
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if len(cells) == 3 and re.fullmatch(r"`float(16|32)`( \(default\))?", cells[0]):
+                table[cells[0].split("`")[1]] = (cells[1], cells[2])
+    return table
+
+
+def assert_within_claim(claim, measured, reference):
+    """``claim`` is 'bit-identical' or 'within <bound> of max\\|y\\|' (relative to the largest output)."""
+    if claim == "bit-identical":
+        assert np.array_equal(measured, reference)
+    else:
+        bound = float(re.fullmatch(r"within ([0-9.e-]+) of max\\\|y\\\|", claim).group(1))
+        assert np.abs(measured - reference).max() <= bound * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("channels", [64, 768])
+def test_documented_precision_holds(channels):
+    """
+    Feature: The precision docs/lora.md states for each compute dtype.
+    Description: With float32 parameters, compare a fresh LoRADense with the nn.Dense of the same weights, and a
+        merged cell (nonzero B) with the unmerged one, on standard normal inputs, for both compute dtypes.
+    Expectation: float32 is bit-identical to nn.Dense; every difference is within the bound the table states.
+    """
+    table = documented_precision()
+    assert sorted(table) == ["float16", "float32"] and table["float32"][0] == "bit-identical"
+    rng = np.random.default_rng(channels)
+    x = Tensor(rng.standard_normal((32, channels)).astype(np.float32))
+    for name, compute_dtype in (("float32", ms.float32), ("float16", ms.float16)):
+        fresh_claim, merge_claim = table[name]
+        lora = LoRADense(channels, channels, lora_rank=8, lora_alpha=16, compute_dtype=compute_dtype,
+                         bias_init=Tensor(rng.standard_normal(channels).astype(np.float32) * 0.1))
+        dense = nn.Dense(channels, channels, weight_init=Tensor(lora.weight.asnumpy()),
+                         bias_init=Tensor(lora.bias.asnumpy()))
+        assert_within_claim(fresh_claim, lora(x).asnumpy(), dense(x).asnumpy())
+        lora.mindpet_delta_lora_b.set_data(Tensor(rng.standard_normal((channels, 8)).astype(np.float32) * 0.01))
+        unmerged = lora(x).asnumpy()
+        lora.merge()
+        assert_within_claim(merge_claim, lora(x).asnumpy(), unmerged)
 
 
 def test_parameter_names_root_and_nested():

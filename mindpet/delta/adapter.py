@@ -170,8 +170,9 @@ class AdapterDense(ResidualAdapterDense):
 
     ``W`` (``weight``) and ``b`` (``bias``) keep ``nn.Dense``'s names and shapes, so a pretrained checkpoint of
     the unmodified model loads unchanged. The adapter (:class:`AdapterLayer`'s parameters, under
-    ``mindpet_delta_adapter``) starts as the identity, so a fresh cell computes exactly what the Dense layer it
-    replaces computed. Adapters are nonlinear and cannot be merged into ``weight``.
+    ``mindpet_delta_adapter``) starts as the identity, so a fresh cell computes what the Dense layer it replaces
+    computed: bit for bit with ``compute_dtype=float32``, within float16 rounding with the default float16 (the
+    Dense part computes in ``compute_dtype``). Adapters are nonlinear and cannot be merged into ``weight``.
 
     Args:
         in_channels (int): size of the last input dimension.

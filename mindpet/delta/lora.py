@@ -29,7 +29,9 @@ class LoRADense(ShardValidated, DenseCore):
     ``W`` (``weight``) and ``b`` (``bias``) keep ``nn.Dense``'s names and shapes, so a pretrained checkpoint of
     the unmodified model loads unchanged. ``A`` (``mindpet_delta_lora_a``, shape ``(lora_rank, in_channels)``)
     and ``B`` (``mindpet_delta_lora_b``, shape ``(out_channels, lora_rank)``) are the delta; ``B`` starts at zero,
-    so a fresh cell computes exactly what the Dense layer it replaces computed.
+    so a fresh cell computes what the Dense layer it replaces computed: bit for bit with ``compute_dtype=float32``
+    and float32 parameters, within float16 rounding (up to about 1e-3 of the largest output) with the default
+    float16.
 
     :meth:`merge` folds the update into ``weight`` for inference and :meth:`unmerge` takes it out again. The
     branch's scale lives in the non-trainable Parameter ``lora_branch_scale`` (``lora_alpha / lora_rank``
@@ -139,8 +141,10 @@ class LoRADense(ShardValidated, DenseCore):
     def merge(self):
         """Fold ``scaling * B A`` into ``weight`` (accumulated in float32) and switch the branch off.
 
-        The output stays the same (within float rounding). Call :meth:`unmerge` before training again: while
-        merged, ``A`` and ``B`` receive zero gradients. Merging a merged cell logs a warning and does nothing.
+        The output stays the same within rounding: float32 rounding (1e-5 of the largest output) with
+        ``compute_dtype=float32``, float16 rounding (2e-3) with float16. Call :meth:`unmerge` before training
+        again: while merged, ``A`` and ``B`` receive zero gradients (:class:`~mindpet.checkpoint.TrainingGuard`
+        reports it). Merging a merged cell logs a warning and does nothing.
 
         Returns:
             The cell itself.
