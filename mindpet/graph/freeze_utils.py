@@ -217,7 +217,7 @@ def _parse_yaml(text, path):
         import yaml  # pylint: disable=import-outside-toplevel
     except ImportError as err:
         raise ImportError(f"For 'freeze_from_config', reading the YAML file '{path}' needs PyYAML: "
-                          f"pip install pyyaml (or pip install mindpet[yaml]).") from err
+                          f"pip install pyyaml (or pip install -e \".[yaml]\" in the mindpet clone).") from err
 
     class NoAliasSafeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
         """SafeLoader refusing aliases (``*name``): a few hundred bytes of nested aliases expand to gigabytes."""
@@ -309,7 +309,7 @@ def freeze_from_config(model, config_path):
     The file (``.yaml``, ``.yml`` or ``.json``) holds a top-level ``freeze`` mapping with ``include`` and/or
     ``exclude`` pattern lists, and optionally a ``mode``. With a mode the settings go to :func:`freeze_delta`,
     otherwise to :func:`freeze_modules`. Other top-level keys are ignored, so the section can live in a larger
-    training config. Reading YAML needs PyYAML (``pip install mindpet[yaml]``). The file may be at most 1 MiB, and
+    training config. Reading YAML needs PyYAML (``pip install pyyaml``). The file may be at most 1 MiB, and
     YAML aliases (``*name``) are refused: nested aliases expand a few hundred bytes into gigabytes.
 
     Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
