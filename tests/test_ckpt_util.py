@@ -505,6 +505,25 @@ def test_exception_save_writes_the_delta(graph_mode, tmp_path):
                         TRAINED_NAMES)
 
 
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_training_error_wins_over_a_failing_breakpoint_save(graph_mode, async_save, tmp_path, monkeypatch, caplog):
+    """
+    Feature: exception_save when the disk fails too.
+    Description: Every write fails with OSError; training raises at step 3; exception_save is on. With async_save,
+        the save of step 2 is still failing in the background then.
+    Expectation: The training error propagates, not the OSError; the failed breakpoint (and, with async_save, the
+        failed background write) is logged as an error; no file is left.
+    """
+    monkeypatch.setattr(ms, "save_checkpoint", _partial_writer([]))
+    delta_cb = delta_callback(tmp_path, save_checkpoint_steps=2 if async_save else 100, exception_save=True,
+                              async_save=async_save)
+    with caplog.at_level(logging.ERROR, logger="mindpet"), pytest.raises(RuntimeError, match="caught fire"):
+        train(frozen_delta_net(), [delta_cb, _FailAtStep()])
+    assert "the exception_save checkpoint could not be written: No space left" in caplog.text
+    assert ("a background checkpoint write failed too" in caplog.text) == async_save
+    assert os.listdir(tmp_path) == []
+
+
 # Writes a delta through the atomic writer, whose MindSpore save hangs after half a file, so it can be killed there.
 _KILLED_SAVER = """
 import sys, time

@@ -212,19 +212,25 @@ class TrainableParamsCheckPoint(Callback):
         self._wait_for_writer()
 
     def __exit__(self, *exc_info):
-        """Leave no writer thread behind, and honour ``exception_save`` when training raised."""
+        """When training raised: honour ``exception_save`` and leave no writer thread behind.
+
+        The training error is the one that propagates; a failure to save here is logged as an error.
+        """
         if exc_info[0] is None:
             return
-        try:
-            if self._config.exception_save and self._cb_params is not None:
+        if self._config.exception_save and self._cb_params is not None:
+            try:
                 self._save_breakpoint(self._cb_params)
-        finally:
-            if self._writer is not None:
-                self._writer.join()
-                self._writer = None
-            if self._writer_error is not None:
-                logger.error("For '%s', a background checkpoint write failed too: %s", _OWNER, self._writer_error)
-                self._writer_error = None
+            except Exception as error:  # noqa: BLE001
+                logger.error("For '%s', training raised and the exception_save checkpoint could not be written: %s",
+                             _OWNER, error)
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            logger.error("For '%s', training raised and a background checkpoint write failed too: %s", _OWNER,
+                         self._writer_error)
+            self._writer_error = None
 
     def _make_directory(self, directory):
         if os.path.exists(directory) and not os.path.isdir(directory):

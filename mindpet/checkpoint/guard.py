@@ -95,7 +95,8 @@ class TrainingGuard(Callback):
     - trainable parameters that no optimizer updates.
 
     Each problem is logged as a warning on the ``mindpet`` logger, naming the parameters or cells (at most ten per
-    problem). With ``strict=True`` the problems raise instead, before the first step.
+    problem). With ``strict=True`` the problems raise instead, before the first step. After ``on_train_begin``, the
+    attribute ``problems`` holds the messages (empty for a sound setup).
     :class:`~mindpet.checkpoint.TrainableParamsCheckPoint` runs the same checks and warns.
 
     Args:
