@@ -303,6 +303,23 @@ def test_append_info_is_saved_and_reported(graph_mode, tmp_path):
     assert result.missing == [] and result.unexpected == []
 
 
+def test_append_info_starting_counters_match_model_checkpoint(graph_mode, tmp_path):
+    """
+    Feature: append_info with starting counters (resuming), as ModelCheckpoint counts them.
+    Description: append_info=[{'epoch_num': 3, 'step_num': 10, 'lr_tag': 7}] for both callbacks in one run.
+    Expectation: The delta's counters and extra value equal the full checkpoint's: 3 + 1 epochs, 10 + 4 steps.
+    """
+    config = {"save_checkpoint_steps": 4, "append_info": [{"epoch_num": 3, "step_num": 10, "lr_tag": 7}]}
+    full_cb = ModelCheckpoint(prefix="full", directory=str(tmp_path / "full"), config=CheckpointConfig(**config))
+    delta_cb = delta_callback(tmp_path / "delta", **config)
+    train(frozen_delta_net(), [full_cb, delta_cb])
+    delta = ms.load_checkpoint(delta_cb.latest_ckpt_file_name)
+    full = ms.load_checkpoint(full_cb.latest_ckpt_file_name)
+    for key in ("epoch_num", "step_num", "lr_tag"):
+        assert int(delta[key].asnumpy()) == int(full[key].asnumpy()), key
+    assert int(delta["epoch_num"].asnumpy()) == 4 and int(delta["step_num"].asnumpy()) == 14
+
+
 def _partial_writer(calls):
     def write_partially(save_obj, ckpt_file_name, *args, **kwargs):
         calls.append(ckpt_file_name)

@@ -12,7 +12,7 @@ from mindspore import Tensor
 from mindspore.train import Callback, CheckpointConfig
 
 from mindpet.checkpoint.atomic import remove_stale_staging_dirs, save_atomically
-from mindpet.checkpoint.formats import CHECKPOINT_FORMATS, check_encryption_mode
+from mindpet.checkpoint.formats import CHECKPOINT_FORMATS, TRAINING_COUNTER_KEYS, check_encryption_mode
 from mindpet.checkpoint.guard import training_problems
 from mindpet.checkpoint.selection import trained_parameters
 from mindpet.utils.logger import logger
@@ -158,10 +158,10 @@ class TrainableParamsCheckPoint(Callback):
             if self._prefix_func is None:
                 self._prefix = _unused_prefix(self._directory, self._prefix)
 
-        append_dict = dict(self._config.append_dict or {})
-        self._append_dict = append_dict
+        self._append_dict = dict(self._config.append_dict or {})
         # append_info may carry starting counters, e.g. {'epoch_num': 3} when resuming.
-        self._append_offsets = {key: append_dict.get(key, 0) for key in ("epoch_num", "step_num")}
+        self._append_offsets = {key: self._append_dict[key] for key in TRAINING_COUNTER_KEYS
+                                if key in self._append_dict}
         self._latest_ckpt_file_name = ""
         self._last_triggered_step = 0
         self._last_time = time.time()
@@ -306,9 +306,8 @@ class TrainableParamsCheckPoint(Callback):
         """The copied values to write: the trained parameters and the append_info values of this step."""
         entries = [{"name": param.name, "data": _snapshot(param)} for param in self._trained_parameters(cb_params)]
         for key, offset in self._append_offsets.items():
-            if key in self._append_dict:
-                counter = cb_params.cur_epoch_num if key == "epoch_num" else cb_params.cur_step_num
-                self._append_dict[key] = offset + counter
+            counter = cb_params.cur_epoch_num if key == "epoch_num" else cb_params.cur_step_num
+            self._append_dict[key] = offset + counter
         # Each write gets its own copy: the next save updates the counters while a background write may still run.
         append_dict = {key: _snapshot(value) if isinstance(value, Tensor) else value
                        for key, value in self._append_dict.items()}
