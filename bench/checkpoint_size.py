@@ -4,7 +4,8 @@ import tempfile
 
 import mindspore as ms
 
-from mindpet.graph.ckpt_util import CHECKPOINT_FORMATS, trained_parameters
+from mindpet.checkpoint import trained_parameters
+from mindpet.checkpoint.formats import CHECKPOINT_FORMATS
 
 
 def _file_size(save_obj, directory, name, file_format):

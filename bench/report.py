@@ -166,7 +166,7 @@ def plot(results, path):
     try:
         import matplotlib  # pylint: disable=import-outside-toplevel
     except ImportError:
-        print("matplotlib is not installed (pip install mindpet[bench]); no plot written.")
+        print("matplotlib is not installed (pip install matplotlib); no plot written.")
         return False
     matplotlib.use("Agg")
     from matplotlib import pyplot  # pylint: disable=import-outside-toplevel

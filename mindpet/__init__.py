@@ -6,13 +6,20 @@ or :class:`LowRankAdapterConfig`, after a dry run with :func:`plan_delta`), or b
 """
 __version__ = "2.0.0"
 
+from mindpet.checkpoint import (
+                                BaseLoadResult,
+                                DeltaLoadResult,
+                                TrainableParamsCheckPoint,
+                                TrainingGuard,
+                                load_base_checkpoint,
+                                load_delta_checkpoint,
+                                merge_sliced_delta_checkpoints,
+)
 from mindpet.delta.adapter import AdapterConfig
 from mindpet.delta.base.config import DeltaConfig
 from mindpet.delta.lora import LoraConfig
 from mindpet.delta.low_rank_adapter import LowRankAdapterConfig
-from mindpet.graph.ckpt_util import DeltaLoadResult, TrainableParamsCheckPoint, load_delta_checkpoint
-from mindpet.graph.distributed_ckpt import merge_sliced_delta_checkpoints
-from mindpet.graph.freeze_utils import freeze_delta, freeze_from_config, freeze_modules
+from mindpet.freeze import freeze_delta, freeze_from_config, freeze_modules
 from mindpet.injection.inject import get_delta_model
 from mindpet.injection.merge import merge_and_unload
 from mindpet.injection.plan import DeltaPlan, plan_delta
@@ -20,7 +27,8 @@ from mindpet.injection.summary import TrainableSummary, trainable_summary
 from mindpet.parallel.check import check_shard_strategies
 from mindpet.registry import config_from_dict
 
-__all__ = ["AdapterConfig", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "LoraConfig", "LowRankAdapterConfig",
-           "TrainableParamsCheckPoint", "TrainableSummary", "check_shard_strategies", "config_from_dict",
-           "freeze_delta", "freeze_from_config", "freeze_modules", "get_delta_model", "load_delta_checkpoint",
-           "merge_and_unload", "merge_sliced_delta_checkpoints", "plan_delta", "trainable_summary"]
+__all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "LoraConfig",
+           "LowRankAdapterConfig", "TrainableParamsCheckPoint", "TrainableSummary", "TrainingGuard",
+           "check_shard_strategies", "config_from_dict", "freeze_delta", "freeze_from_config", "freeze_modules",
+           "get_delta_model", "load_base_checkpoint", "load_delta_checkpoint", "merge_and_unload",
+           "merge_sliced_delta_checkpoints", "plan_delta", "trainable_summary"]

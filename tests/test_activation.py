@@ -5,8 +5,8 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindpet.utils.activation import (ACTIVATION_NAMES, ActivationNotFoundError, ShardableActivation,
-                                      build_activation, shard_activation)
+from mindpet.parallel.activation import shard_activation
+from mindpet.utils.activation import ACTIVATION_NAMES, ActivationNotFoundError, ShardableActivation, build_activation
 from numpy_activations import REFERENCES
 
 

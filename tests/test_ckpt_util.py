@@ -1,14 +1,18 @@
 """Tests for TrainableParamsCheckPoint and load_delta_checkpoint."""
 import logging
 import os
+import subprocess
+import sys
+import time
 
 import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.train import CheckpointConfig, Model, ModelCheckpoint
+from mindspore.train import Callback, CheckpointConfig, Model, ModelCheckpoint
 
+from mindpet.checkpoint.atomic import STAGING_PREFIX, make_staging_dir
 from mindpet.graph import TrainableParamsCheckPoint, load_delta_checkpoint
 
 IN_FEATURES, HIDDEN, OUT_CLASSES, RANK = 6, 8, 3, 2
@@ -102,7 +106,8 @@ def test_delta_holds_only_trained_parameters(mode, sink, tmp_path):
     full_cb = ModelCheckpoint(prefix="full", directory=str(tmp_path / "full"),
                               config=CheckpointConfig(save_checkpoint_steps=2))
     delta_cb = delta_callback(tmp_path / "delta", save_checkpoint_steps=2)
-    assert isinstance(delta_cb, ModelCheckpoint)
+    # A plain Callback, written against MindSpore's public API only.
+    assert isinstance(delta_cb, Callback) and not isinstance(delta_cb, ModelCheckpoint)
     train(net, [full_cb, delta_cb], sink=sink)
 
     assert sorted(os.listdir(tmp_path / "delta")) == ["delta-1_2.ckpt", "delta-1_4.ckpt"]
@@ -298,6 +303,23 @@ def test_append_info_is_saved_and_reported(graph_mode, tmp_path):
     assert result.missing == [] and result.unexpected == []
 
 
+def test_append_info_starting_counters_match_model_checkpoint(graph_mode, tmp_path):
+    """
+    Feature: append_info with starting counters (resuming), as ModelCheckpoint counts them.
+    Description: append_info=[{'epoch_num': 3, 'step_num': 10, 'lr_tag': 7}] for both callbacks in one run.
+    Expectation: The delta's counters and extra value equal the full checkpoint's: 3 + 1 epochs, 10 + 4 steps.
+    """
+    config = {"save_checkpoint_steps": 4, "append_info": [{"epoch_num": 3, "step_num": 10, "lr_tag": 7}]}
+    full_cb = ModelCheckpoint(prefix="full", directory=str(tmp_path / "full"), config=CheckpointConfig(**config))
+    delta_cb = delta_callback(tmp_path / "delta", **config)
+    train(frozen_delta_net(), [full_cb, delta_cb])
+    delta = ms.load_checkpoint(delta_cb.latest_ckpt_file_name)
+    full = ms.load_checkpoint(full_cb.latest_ckpt_file_name)
+    for key in ("epoch_num", "step_num", "lr_tag"):
+        assert int(delta[key].asnumpy()) == int(full[key].asnumpy()), key
+    assert int(delta["epoch_num"].asnumpy()) == 4 and int(delta["step_num"].asnumpy()) == 14
+
+
 def _partial_writer(calls):
     def write_partially(save_obj, ckpt_file_name, *args, **kwargs):
         calls.append(ckpt_file_name)
@@ -420,3 +442,166 @@ def test_load_argument_errors(tmp_path):
         load_delta_checkpoint(net, str(other))
     with pytest.raises(TypeError, match="'net'"):
         load_delta_checkpoint({"head.weight": 1}, str(other))
+
+
+@pytest.mark.parametrize("directory, error, match", [
+    (5, TypeError, "'directory' must be a str, os.PathLike, callable or None, but got 5"),
+    ("file", ValueError, "'directory' must be a folder, not an existing file"),
+])
+def test_bad_directory_is_refused(directory, error, match, tmp_path):
+    """
+    Feature: directory check.
+    Description: Pass an int, and the path of an existing file.
+    Expectation: Our error naming 'directory'.
+    """
+    if directory == "file":
+        directory = str(tmp_path / "a_file")
+        open(directory, "w", encoding="utf-8").close()
+    with pytest.raises(error, match=match):
+        TrainableParamsCheckPoint(directory=directory)
+
+
+def test_bad_enc_mode_is_refused_without_the_key(tmp_path):
+    """
+    Feature: enc_mode check.
+    Description: A CheckpointConfig with a key and an unknown mode (CheckpointConfig accepts any str).
+    Expectation: ValueError naming 'enc_mode' at construction, not at the first save; the key is not shown.
+    """
+    with pytest.raises(ValueError, match="'enc_mode' must be one of") as info:
+        delta_callback(tmp_path, enc_key=ENC_KEY, enc_mode="AES-XTS")
+    assert ENC_KEY.decode() not in str(info.value)
+
+
+def test_nothing_trainable_is_refused(graph_mode, tmp_path):
+    """
+    Feature: No empty delta files.
+    Description: Build the optimizer, then freeze every parameter, then train with the callback.
+    Expectation: ValueError naming the network, before the first step; no file is written.
+    """
+    net = frozen_delta_net()
+    model = Model(net, make_loss(), nn.Adam(net.trainable_params(), learning_rate=0.05))
+    for param in net.get_parameters():
+        param.requires_grad = False
+    with pytest.raises(ValueError, match="the network 'DeltaNet' has no trainable parameters"):
+        model.train(1, make_dataset(4), callbacks=[delta_callback(tmp_path, save_checkpoint_steps=1)],
+                    dataset_sink_mode=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_earlier_run_gets_a_new_prefix(graph_mode, tmp_path):
+    """
+    Feature: Files of an earlier run are kept, as with ModelCheckpoint.
+    Description: Train twice into one folder with the same prefix.
+    Expectation: The second run writes 'delta_1-...' and the first run's file stays.
+    """
+    train(frozen_delta_net(), [delta_callback(tmp_path, save_checkpoint_steps=4)])
+    second = delta_callback(tmp_path, save_checkpoint_steps=4)
+    train(frozen_delta_net(), [second])
+    assert sorted(os.listdir(tmp_path)) == ["delta-1_4.ckpt", "delta_1-1_4.ckpt"]
+    assert second.latest_ckpt_file_name.endswith("delta_1-1_4.ckpt")
+
+
+class _FailAtStep(ms.train.Callback):
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num == 3:
+            raise RuntimeError("the machine caught fire")
+
+
+def test_exception_save_writes_the_delta(graph_mode, tmp_path):
+    """
+    Feature: CheckpointConfig(exception_save=True).
+    Description: Training raises at step 3.
+    Expectation: The error propagates, and '<prefix>-1_3_breakpoint.ckpt' holds the trained parameters of step 3.
+    """
+    net = frozen_delta_net()
+    delta_cb = delta_callback(tmp_path, save_checkpoint_steps=100, exception_save=True)
+    with pytest.raises(RuntimeError, match="caught fire"):
+        train(net, [delta_cb, _FailAtStep()])
+    assert os.listdir(tmp_path) == ["delta-1_3_breakpoint.ckpt"]
+    assert_values_equal(ms.load_checkpoint(str(tmp_path / "delta-1_3_breakpoint.ckpt")), current_values(net),
+                        TRAINED_NAMES)
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_training_error_wins_over_a_failing_breakpoint_save(graph_mode, async_save, tmp_path, monkeypatch, caplog):
+    """
+    Feature: exception_save when the disk fails too.
+    Description: Every write fails with OSError; training raises at step 3; exception_save is on. With async_save,
+        the save of step 2 is still failing in the background then.
+    Expectation: The training error propagates, not the OSError; the failed breakpoint (and, with async_save, the
+        failed background write) is logged as an error; no file is left.
+    """
+    monkeypatch.setattr(ms, "save_checkpoint", _partial_writer([]))
+    delta_cb = delta_callback(tmp_path, save_checkpoint_steps=2 if async_save else 100, exception_save=True,
+                              async_save=async_save)
+    with caplog.at_level(logging.ERROR, logger="mindpet"), pytest.raises(RuntimeError, match="caught fire"):
+        train(frozen_delta_net(), [delta_cb, _FailAtStep()])
+    assert "the exception_save checkpoint could not be written: No space left" in caplog.text
+    assert ("a background checkpoint write failed too" in caplog.text) == async_save
+    assert os.listdir(tmp_path) == []
+
+
+# Writes a delta through the atomic writer, whose MindSpore save hangs after half a file, so it can be killed there.
+_KILLED_SAVER = """
+import sys, time
+import numpy as np
+import mindspore as ms
+from mindspore.train import CheckpointConfig
+from mindpet.checkpoint.atomic import save_atomically
+
+def write_half_then_hang(save_obj, path, *args, **kwargs):
+    with open(path, "wb") as partial:
+        partial.write(b"half a checkpoint")
+    print("writing", flush=True)
+    time.sleep(600)
+
+ms.save_checkpoint = write_half_then_hang
+save_atomically([{"name": "head.bias", "data": ms.Tensor(np.ones(3, np.float32))}], None, sys.argv[1],
+                CheckpointConfig())
+"""
+
+
+def test_staging_folder_of_a_killed_save_is_removed_at_the_next_start(graph_mode, tmp_path):
+    """
+    Feature: Leftovers of a killed save.
+    Description: A real process is killed (SIGKILL) while it writes a delta into the folder; then a new run starts
+        there.
+    Expectation: The kill leaves a '.mindpet_staging_<pid>_*' folder with the half-written file; the next
+        TrainableParamsCheckPoint removes it when training begins (its process is gone), so only the new run's
+        file remains.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    saver = subprocess.Popen([sys.executable, "-c", _KILLED_SAVER, str(tmp_path / "delta-1_4.ckpt")], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert saver.stdout.readline() == "writing\n"
+    finally:
+        saver.kill()
+        saver.wait()
+    leftovers = os.listdir(tmp_path)
+    assert len(leftovers) == 1 and leftovers[0].startswith(f"{STAGING_PREFIX}{saver.pid}_")
+    assert os.listdir(tmp_path / leftovers[0]) == ["delta-1_4.ckpt"]
+
+    train(frozen_delta_net(), [delta_callback(tmp_path, save_checkpoint_steps=4)])
+    assert os.listdir(tmp_path) == ["delta-1_4.ckpt"]
+
+
+def test_only_stale_staging_folders_are_removed(graph_mode, tmp_path):
+    """
+    Feature: Which staging folders are stale.
+    Description: Before training, the folder holds a staging folder of this (running) process, one of another host
+        untouched for an hour, and one of another host written just now.
+    Expectation: Only the hour-old one is removed: a running save, and a recent one that cannot be checked, stay.
+    """
+    own = make_staging_dir(str(tmp_path))
+    old_remote = tmp_path / f"{STAGING_PREFIX}123_ffffffff_old"
+    recent_remote = tmp_path / f"{STAGING_PREFIX}123_ffffffff_recent"
+    for folder in (old_remote, recent_remote):
+        folder.mkdir()
+        (folder / "delta-1_4.ckpt").write_bytes(b"half")
+    hour_ago = time.time() - 3600
+    for path in (old_remote / "delta-1_4.ckpt", old_remote):
+        os.utime(path, (hour_ago, hour_ago))
+    train(frozen_delta_net(), [delta_callback(tmp_path, save_checkpoint_steps=4)])
+    assert sorted(os.listdir(tmp_path)) == sorted(["delta-1_4.ckpt", os.path.basename(own), recent_remote.name])

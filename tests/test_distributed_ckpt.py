@@ -5,6 +5,7 @@ file (MindSpore's protobuf classes) and one delta file per rank, sliced here wit
 """
 import json
 import os
+import tempfile
 
 import mindspore as ms
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from mindspore import nn
 from mindspore.train import node_strategy_pb2 as pb
 
+from mindpet.checkpoint import atomic
+from mindpet.checkpoint.atomic import STAGING_PREFIX
 from mindpet.delta import AdapterDense, LoRADense
 from mindpet.graph import freeze_delta, load_delta_checkpoint, merge_sliced_delta_checkpoints
 
@@ -20,6 +23,8 @@ LORA_A, LORA_B = "lora.mindpet_delta_lora_a", "lora.mindpet_delta_lora_b"
 DOWN_WEIGHT, DOWN_BIAS = "adapter.mindpet_delta_adapter.down_weight", "adapter.mindpet_delta_adapter.down_bias"
 UP_WEIGHT, UP_BIAS = "adapter.mindpet_delta_adapter.up_weight", "adapter.mindpet_delta_adapter.up_bias"
 HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"
+# Above Linux's largest pid (4194304), so no process has it.
+DEAD_PID = 999999999
 
 
 class DeltaNet(nn.Cell):
@@ -170,6 +175,44 @@ def test_merge_reproduces_the_unsliced_tensors(graph_mode, layouts, tmp_path):
     assert load_delta_checkpoint(fresh, output).missing == []
     assert np.array_equal(fresh.lora.mindpet_delta_lora_b.asnumpy(), full[LORA_B])
     assert os.listdir(tmp_path / "merged") == ["delta_full.ckpt"]
+
+
+def test_scratch_files_live_next_to_the_output(graph_mode, tmp_path, monkeypatch):
+    """
+    Feature: Where the merge keeps its scratch files.
+    Description: Merge with $TMPDIR pointing to an empty folder; the output folder holds the staging folder of a
+        killed merge (its process is gone). While transform_checkpoints runs, look where its input is.
+    Expectation: The scratch files are in a '.mindpet_staging_<pid>_*' folder next to the output, not under
+        $TMPDIR; afterwards the output folder holds only the merged file: the scratch and the stale folder are gone,
+        and $TMPDIR is still empty.
+    """
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp_root))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    out_dir = tmp_path / "merged"
+    killed_merge = out_dir / f"{STAGING_PREFIX}{DEAD_PID}_{atomic._HOST_TAG}_x"
+    (killed_merge / "source" / "rank_0").mkdir(parents=True)
+    (killed_merge / "source" / "rank_0" / "delta.ckpt").write_bytes(b"16 MB in real life")
+
+    sources = []
+    transform = ms.transform_checkpoints
+
+    def recording_transform(src_checkpoints_dir, *args, **kwargs):
+        sources.append(src_checkpoints_dir)
+        return transform(src_checkpoints_dir, *args, **kwargs)
+
+    monkeypatch.setattr(ms, "transform_checkpoints", recording_transform)
+    full = trained_delta(frozen_net())
+    strategy_file = write_strategy(tmp_path / "strategy.ckpt", MODEL_PARALLEL_2)
+    write_rank_files(tmp_path / "ranks", full, MODEL_PARALLEL_2)
+    merge_sliced_delta_checkpoints(str(tmp_path / "ranks"), strategy_file, str(out_dir / "delta_full.ckpt"))
+
+    scratch = os.path.dirname(sources[0])
+    assert os.path.dirname(scratch) == str(out_dir)
+    assert os.path.basename(scratch).startswith(f"{STAGING_PREFIX}{os.getpid()}_")
+    assert os.listdir(out_dir) == ["delta_full.ckpt"]
+    assert os.listdir(temp_root) == []
 
 
 @pytest.mark.parametrize("input_format,output_format", [("safetensors", "safetensors"), ("ckpt", "safetensors")])

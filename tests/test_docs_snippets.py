@@ -33,10 +33,35 @@ def runnable_blocks(page):
 
 
 def test_every_page_is_checked():
-    # A page without a runnable block is allowed, but the pages that teach an API must keep one.
+    # A page without a runnable block is allowed, but the pages that teach an API must keep one, and so must the
+    # README, whose four-step workflow is the first code a newcomer copies.
     pages_with_code = {os.path.basename(page) for page in PAGES if runnable_blocks(page)}
     assert {"lora.md", "adapter.md", "low_rank_adapter.md", "prefix.md", "ptuning2.md", "r_drop.md",
             "bitfit.md", "freeze.md", "checkpoint.md", "injection.md", "README.md"} <= pages_with_code
+
+
+# Every text a user reads for installation; the package named mindpet on PyPI is MindPet 1.0.4, not this one.
+INSTALL_TEXTS = PAGES + sorted(glob.glob(os.path.join(ROOT, "mindpet", "**", "*.py"), recursive=True)
+                               + glob.glob(os.path.join(ROOT, "bench", "*.py"))
+                               + glob.glob(os.path.join(ROOT, "examples", "**", "*.py"), recursive=True))
+
+
+def test_no_text_tells_users_to_install_mindpet_from_pypi():
+    """
+    Feature: Installation instructions.
+    Description: Search the README, the docs and every message in the code for a pip install of 'mindpet' (with or
+        without extras or quotes).
+    Expectation: None: installs are from the clone ('pip install -e .'), and the README explains MindFormers.
+    """
+    from_pypi = re.compile(r"pip install\s+(--\S+\s+)*[\"']?mindpet\b")
+    offenders = []
+    for path in INSTALL_TEXTS:
+        with open(path, encoding="utf-8") as handle:
+            offenders += [f"{os.path.relpath(path, ROOT)}: {line.strip()}" for line in handle if from_pypi.search(line)]
+    assert offenders == []
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    assert "pip install -e ." in readme and "pip install --no-deps mindformers" in readme
 
 
 @pytest.mark.parametrize("page", [page for page in PAGES if runnable_blocks(page)],

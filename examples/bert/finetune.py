@@ -20,6 +20,9 @@ held-out snippets, about 4 minutes on 2 CPU cores)::
 
 ``--method lora_rdrop`` trains LoRA with the R-Drop loss (``RDropLoss`` on ``rdrop_repeat``-ed batches): every
 step runs the forward pass on twice the batch.
+
+Two runs with the same ``--seed`` differ slightly unless ``--deterministic`` is given (see
+:func:`make_deterministic`); with it they are bit-identical, and slower.
 """
 import argparse
 import json
@@ -85,6 +88,19 @@ class StepTimer(Callback):
 
     def on_train_step_end(self, run_context):
         self.step_seconds.append(time.perf_counter() - self._start)
+
+
+def make_deterministic():
+    """Make runs with the same seed bit-identical: deterministic kernels, and one CPU kernel thread.
+
+    The seeds alone are not enough on CPU. MindSpore's CPU Dropout kernel splits each tensor into chunks that its
+    threads fill from one shared random engine, so which element gets which draw depends on thread timing. Its
+    launcher runs the first five calls of each kernel as one chunk and then starts splitting, so two runs agree
+    for five steps and drift apart from the sixth. With one kernel thread the draws come in a fixed order.
+    ``set_deterministic`` covers the GPU and Ascend kernels. Call it before the first operator runs.
+    """
+    ms.set_deterministic(True)
+    ms.device_context.cpu.op_tuning.threads_num(1)
 
 
 def warmup_linear_decay(peak_lr, total_steps):
@@ -188,6 +204,8 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", default="mindpet_minilm", help="folder of the delta checkpoints")
     parser.add_argument("--result-json", help="append one JSON line with the results to this file")
     parser.add_argument("--skip-reload", action="store_true", help="skip the reload check (saves a compile)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bit-identical runs for a seed: deterministic kernels, one CPU kernel thread (slower)")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LRS[args.method]
@@ -196,6 +214,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.deterministic:
+        make_deterministic()
     ms.set_context(mode=MODES[args.mode])
     ms.set_seed(args.seed)
     np.random.seed(args.seed)
@@ -220,7 +240,8 @@ def main(argv=None):
               "steps": len(step_seconds), "train_seconds": train_seconds,
               "step_median_seconds": float(np.median(step_seconds)), "first_step_seconds": step_seconds[0],
               "delta_path": os.path.abspath(delta_path), "delta_bytes": os.path.getsize(delta_path),
-              "mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size,
+              "mode": args.mode, "deterministic": args.deterministic, "epochs": args.epochs,
+              "batch_size": args.batch_size,
               "num_train": args.num_train, "num_eval": args.num_eval, "max_length": args.max_length}
     print(f"held-out accuracy {acc:.4f} on {len(eval_data)} snippets; {result['trainable_percent']:.2f}% "
           f"trainable; delta checkpoint {result['delta_path']} ({result['delta_bytes'] / 1e6:.2f} MB)")

@@ -1,13 +1,13 @@
 """Putting prefixes into an attention block: prepend them to the key and value and widen the attention mask."""
 import numbers
 
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
 from mindspore.ops import constexpr
 from mindspore.ops import operations as P
 
 from mindpet.parallel.plan import DegreePlan, ShardValidated
 from mindpet.parallel.strategy import shard_op
-from mindpet.utils.validation import argument_error
+from mindpet.utils.validation import argument_error, check_finite_number
 
 _OWNER = "PrefixConcat"
 
@@ -80,9 +80,11 @@ class PrefixConcat(ShardValidated, nn.Cell):
           :math:`(\ldots, query\_length, prefix\_length + seq\_length)`, in its dtype; ``None`` when no mask came.
 
     Raises:
-        TypeError: ``attend_value`` is not an int or float.
-        ValueError: the key is not 4-D; the value's shape differs from the key's; ``prefix_key_value`` does not
-            match the key's batch, heads and head size; the mask is not 3-D or 4-D or does not match the key.
+        TypeError: ``attend_value`` is not an int or float; an input is not a Tensor (e.g. ``None`` or a NumPy
+            array), raised at compile time in GRAPH mode.
+        ValueError: ``attend_value`` is NaN or infinite; the key is not 4-D; the value's shape differs from the
+            key's; ``prefix_key_value`` does not match the key's batch, heads and head size; the mask is not 3-D or
+            4-D or does not match the key.
 
     Examples:
         >>> import numpy as np
@@ -105,6 +107,8 @@ class PrefixConcat(ShardValidated, nn.Cell):
         super().__init__()
         if not isinstance(attend_value, numbers.Real) or isinstance(attend_value, bool):
             raise argument_error(TypeError, _OWNER, "attend_value", "an int or a float", attend_value)
+        # The mask value is kept as given (an int stays an int, for integer masks); only NaN and inf are refused.
+        check_finite_number(attend_value, "attend_value", _OWNER)
         self.attend_value = attend_value
         self.cast = P.Cast()
         self.unstack = P.Unstack(axis=0)
@@ -114,7 +118,18 @@ class PrefixConcat(ShardValidated, nn.Cell):
         self.mask_concat_3d = P.Concat(axis=-1)
         self.mask_concat_4d = P.Concat(axis=-1)
 
+    def _check_input(self, tensor, arg_name):
+        """TypeError unless the input is a Tensor; evaluated at compile time in GRAPH mode."""
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"For '{_OWNER}', the input '{arg_name}' must be a mindspore Tensor, but got "
+                            f"{type(tensor).__name__}.")
+
     def construct(self, key, value, prefix_key_value, attention_mask=None):
+        self._check_input(key, "key")
+        self._check_input(value, "value")
+        self._check_input(prefix_key_value, "prefix_key_value")
+        if attention_mask is not None:
+            self._check_input(attention_mask, "attention_mask")
         _check_key_value_shapes(key.shape, value.shape, prefix_key_value.shape)
         if attention_mask is not None:
             _check_mask_shape(attention_mask.shape, key.shape)

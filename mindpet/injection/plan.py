@@ -179,5 +179,6 @@ def plan_delta(network, config):
         planned.append(PlannedCell(path, type(cell).__name__, host.in_channels, host.out_channels, trainable))
     added = sum(cell.added_params for cell in planned)
     total = sum(param.size for param in network.get_parameters()) + added + frozen_added
+    saved = sum(param.size for param in saved_parameters(network, resolution.saved_paths))
     return DeltaPlan(method.name, tuple(planned), resolution.unmatched_entries, resolution.unsupported,
-                     resolution.saved_paths, added + sum(param.size for param in saved_parameters(network, resolution.saved_paths)), total)
+                     resolution.saved_paths, added + saved, total)

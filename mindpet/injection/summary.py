@@ -3,6 +3,7 @@ from typing import NamedTuple
 
 from mindspore import nn
 
+from mindpet.checkpoint.selection import optimizer_state_ids
 from mindpet.utils.validation import argument_error
 
 
@@ -46,11 +47,7 @@ def trainable_summary(network):
     """
     if not isinstance(network, nn.Cell):
         raise argument_error(TypeError, "trainable_summary", "network", "a mindspore.nn.Cell", network)
-    state_ids = set()
-    for _, cell in network.cells_and_names():
-        if isinstance(cell, nn.Optimizer):
-            updated = {id(param) for param in cell.parameters}
-            state_ids.update(id(param) for param in cell.get_parameters() if id(param) not in updated)
+    state_ids = optimizer_state_ids(network)
     params = [param for param in network.get_parameters() if id(param) not in state_ids]
     return TrainableSummary(sum(param.size for param in params if param.requires_grad),
                             sum(param.size for param in params))

@@ -28,9 +28,9 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 from mindspore.ops import operations as P
 
+from mindpet.parallel.activation import activation_input_layout, shard_activation
 from mindpet.parallel.context import configured_device_num
-from mindpet.parallel.strategy import check_strategy
-from mindpet.utils.activation import activation_input_layout, shard_activation
+from mindpet.parallel.strategy import check_strategy, plain_ints
 from mindpet.utils.logger import logger
 from mindpet.utils.validation import argument_error, check_positive_int
 
@@ -60,8 +60,8 @@ class ShardedOp(NamedTuple):
     ``arg_name`` is the argument's documented name; ``inputs`` holds one :class:`Operand` per operator input and
     ``output`` the operand it produces. ``apply`` sets a checked strategy on the primitive(s). ``absent``, when not
     None, says why the cell does not run this operator (e.g. ``"the cell has no bias"``); a strategy given for it is
-    ignored with a warning, as MindPet 1.0.4 did, because the manual's own examples pass such strategies. ``normalize`` turns an
-    accepted alternative spelling of a strategy into the operator's own.
+    ignored with a warning, as MindPet 1.0.4 did, because the manual's own examples pass such strategies.
+    ``normalize`` turns an accepted alternative spelling of a strategy into the operator's own.
     """
     arg_name: str
     inputs: Tuple[Operand, ...]
@@ -316,6 +316,7 @@ class ShardValidated:
         """Check ``strategies`` (``{arg_name: strategy}``) with those set before, apply them, and keep them.
 
         A strategy for an operator the cell does not run (a bias or activation it lacks) is dropped with a warning.
+        Integers of other types (NumPy's) become Python ints, the only kind ``Primitive.shard`` takes.
         Raises the first broken rule; nothing is applied then.
         """
         plan = self._shard_plan()
@@ -327,7 +328,7 @@ class ShardValidated:
                 logger.warning("For '%s', the argument '%s' is ignored because %s (got %r).", owner, arg_name,
                                absent[arg_name], strategy)
                 continue
-            given[arg_name] = (arg_name, strategy)
+            given[arg_name] = (arg_name, plain_ints(strategy))
         merged = plan.merge(self._accepted_strategies(), given)
         error = next(plan.errors(owner, merged, configured_device_num()), None)
         if error is not None:

@@ -14,6 +14,16 @@ def _is_layout(layout):
         isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim > 0 for dim in layout)
 
 
+def plain_ints(value):
+    """``value`` with every integer inside it (a NumPy one, say) as a Python int, since ``Primitive.shard`` takes
+    nothing else; tuples keep their shape and anything else is returned as it is, for the checks to judge."""
+    if isinstance(value, tuple):
+        return tuple(plain_ints(item) for item in value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
 def check_strategy(strategy, arg_name, owner, input_ranks):
     """Validate one operator's strategy: a tuple holding one layout per operator input.
 

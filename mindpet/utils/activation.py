@@ -1,4 +1,5 @@
-"""Activation lookup that yields cells whose every primitive can be sharded.
+"""Activation lookup that yields cells whose every primitive can be sharded (:mod:`mindpet.parallel.activation`
+applies the strategies).
 
 MindSpore's ``nn.get_activation`` builds cells such as ``nn.GELU`` or ``nn.SiLU`` whose primitives are hidden
 inside functional calls, so a ``shard()`` strategy cannot reach them. Each activation here keeps its primitives
@@ -8,7 +9,6 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
 
-from mindpet.parallel.strategy import check_strategy
 from mindpet.utils.validation import argument_error
 
 
@@ -163,35 +163,3 @@ def build_activation(activation, arg_name, owner):
         _refuse_log_softmax_in_parallel(isinstance(activation, nn.LogSoftmax), arg_name, owner)
         return activation
     raise argument_error(TypeError, owner, arg_name, "a str, Cell, Primitive or None", activation)
-
-
-def activation_input_layout(strategy):
-    """An activation strategy in the operator's own spelling, ``((dp, mp),)``.
-
-    The MindPet manual's LoRADense example writes it as ``((dp, mp), (dp, mp))``: an input and an equal output
-    layout. That spelling is folded to the input's layout; anything else is returned unchanged for checking.
-    """
-    if isinstance(strategy, tuple) and len(strategy) == 2 and strategy[0] == strategy[1]:
-        return strategy[:1]
-    return strategy
-
-
-def shard_activation(activation, strategy, arg_name, owner):
-    """Split ``activation`` (from :func:`build_activation`) with ``strategy``, the layout of its 2-D input.
-
-    ``strategy`` holds one layout, ``((dp, mp),)``, or the manual's pair (see :func:`activation_input_layout`).
-    A Cell that is not a :class:`ShardableActivation` can be split only if it holds exactly one primitive.
-
-    Raises:
-        ValueError: a malformed strategy, or a Cell whose primitives cannot be reached.
-    """
-    (layout,) = check_strategy(activation_input_layout(strategy), arg_name, owner, input_ranks=(2,))
-    if isinstance(activation, ShardableActivation):
-        activation.shard_layout(layout)
-        return
-    primitives = [value for value in vars(activation).values() if isinstance(value, ops.Primitive)]
-    if len(primitives) != 1:
-        raise ValueError(f"For '{owner}', the argument '{arg_name}' cannot be applied to the activation cell "
-                         f"{type(activation).__name__}, which exposes {len(primitives)} primitives instead of one. "
-                         f"Pass the activation by name (one of {list(ACTIVATION_NAMES)}) to shard it.")
-    primitives[0].shard((layout,))

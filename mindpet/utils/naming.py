@@ -7,6 +7,11 @@ methods themselves are listed in :mod:`mindpet.registry`.
 
 DELTA_PREFIX = "mindpet_delta_"
 
+# State that a delta cell keeps as a Parameter beside its delta but never trains, so it is not named
+# ``mindpet_delta_<method>_*`` (freeze_delta would make it trainable): LoRADense's branch scale.
+LORA_BRANCH_SCALE = "lora_branch_scale"
+DELTA_STATE_NAMES = (LORA_BRANCH_SCALE,)
+
 
 def delta_attr_name(method, role):
     """Attribute (and parameter) name for a delta parameter, e.g. ``delta_attr_name('lora', 'a')``."""
@@ -21,3 +26,13 @@ def is_delta_param(param_name, method):
     """
     marker = DELTA_PREFIX + method
     return any(part == marker or part.startswith(marker + "_") for part in param_name.split("."))
+
+
+def is_added_by_delta(param_name):
+    """Whether a dotted parameter name belongs to a delta cell's additions rather than to the base model.
+
+    That is a delta parameter of any method (a component starting with ``mindpet_delta_``) or delta-cell state
+    (a last component in ``DELTA_STATE_NAMES``). A pretrained checkpoint of the unmodified model holds none of them.
+    """
+    parts = param_name.split(".")
+    return parts[-1] in DELTA_STATE_NAMES or any(part.startswith(DELTA_PREFIX) for part in parts)

@@ -90,9 +90,10 @@ class AdapterLayer(ResidualAdapterLayer):
 
     Raises:
         TypeError: ``hidden_size`` or ``bottleneck_size`` is not an int; ``non_linearity`` is not a str;
-            ``param_init_type`` or ``compute_dtype`` is not float16 or float32.
-        ValueError: ``hidden_size`` or ``bottleneck_size`` is <= 0; ``non_linearity`` is LogSoftmax in
-            semi-auto or auto parallel mode.
+            ``param_init_type`` or ``compute_dtype`` is not float16 or float32; when called, ``x`` is not a
+            float16, float32 or bfloat16 Tensor (at compile time in GRAPH mode).
+        ValueError: ``hidden_size`` or ``bottleneck_size`` is <= 0 or above 2**31 - 1; ``non_linearity`` is
+            LogSoftmax in semi-auto or auto parallel mode.
         ActivationNotFoundError: ``non_linearity`` is an unknown name (a ValueError and a KeyError).
 
     Examples:
@@ -140,8 +141,9 @@ class AdapterDense(ResidualAdapterDense):
 
     ``W`` (``weight``) and ``b`` (``bias``) keep ``nn.Dense``'s names and shapes, so a pretrained checkpoint of
     the unmodified model loads unchanged. The adapter (:class:`AdapterLayer`'s parameters, under
-    ``mindpet_delta_adapter``) starts as the identity, so a fresh cell computes exactly what the Dense layer it
-    replaces computed. Adapters are nonlinear and cannot be merged into ``weight``.
+    ``mindpet_delta_adapter``) starts as the identity, so a fresh cell computes what the Dense layer it replaces
+    computed: bit for bit with ``compute_dtype=float32``, within float16 rounding with the default float16 (the
+    Dense part computes in ``compute_dtype``). Adapters are nonlinear and cannot be merged into ``weight``.
 
     Args:
 {dense_channels}
@@ -156,9 +158,10 @@ class AdapterDense(ResidualAdapterDense):
         TypeError: ``in_channels``, ``out_channels`` or ``bottleneck_size`` is not an int; ``has_bias`` is not a
             bool; ``activation`` is not a str, Cell, Primitive or None; ``non_linearity`` is not a str; an init
             is not a Tensor, str, Initializer or number; ``param_init_type`` or ``compute_dtype`` is not float16
-            or float32.
-        ValueError: ``in_channels``, ``out_channels`` or ``bottleneck_size`` is <= 0; an init Tensor has the
-            wrong shape or an init name is unknown.
+            or float32; when called, ``x`` is not a float16, float32 or bfloat16 Tensor.
+        ValueError: ``in_channels``, ``out_channels`` or ``bottleneck_size`` is <= 0 or above 2**31 - 1; an init
+            Tensor has the wrong shape, an init name is unknown, or an init number or Tensor value is NaN or
+            infinite.
         ActivationNotFoundError: ``activation`` or ``non_linearity`` is an unknown name (a ValueError and a
             KeyError).
 

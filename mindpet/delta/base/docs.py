@@ -42,7 +42,8 @@ DENSE_ADAPTER_TIED = ("``N`` or ``out_channels`` unlike an earlier strategy (the
 
 def with_dense_arguments(cls):
     """Class decorator: put the shared Dense argument descriptions where the docstring says ``{dense_channels}``,
-    ``{dense_inits}``, ``{dtypes}``, ``{dense_inputs_outputs}`` and ``{layer_inputs_outputs}`` (an adapter inserted after a layer)."""
+    ``{dense_inits}``, ``{dtypes}``, ``{dense_inputs_outputs}`` and ``{layer_inputs_outputs}`` (an adapter inserted
+    after a layer)."""
     for marker, text in _DENSE_ARGUMENTS.items():
         cls.__doc__ = cls.__doc__.replace(marker, text)
     return cls

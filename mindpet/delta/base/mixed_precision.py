@@ -1,16 +1,21 @@
 """The base of every delta cell: parameters stored in one dtype, matmuls computed in another."""
+from mindspore import dtype as mstype
 from mindspore import nn
 from mindspore.ops import operations as P
 
 from mindpet.utils.dtype import check_float_dtype
+
+# The input dtypes a delta cell computes on; an integer input would be truncated by the cast to the compute dtype.
+INPUT_FLOAT_TYPES = (mstype.float16, mstype.float32, mstype.bfloat16)
 
 
 class MixedPrecisionCell(nn.Cell):
     """A cell whose parameters are stored in ``param_init_type`` and multiplied in ``compute_dtype``.
 
     Subclasses compute on 2-D inputs: :meth:`_flatten` turns ``(*, width)`` into ``(N, width)``,
-    :meth:`_to_compute_dtype` casts once per input, :meth:`_compute_param` casts a parameter only when the two
-    dtypes differ, and :meth:`_restore` brings back the leading dimensions and the caller's dtype.
+    :meth:`_to_compute_dtype` checks that the input is a float Tensor and casts it once, :meth:`_compute_param`
+    casts a parameter only when the two dtypes differ, and :meth:`_restore` brings back the leading dimensions and
+    the caller's dtype.
 
     Args:
         param_init_type (mindspore.dtype): dtype of the parameters, float32 or float16 (bfloat16 on Ascend).
@@ -24,6 +29,7 @@ class MixedPrecisionCell(nn.Cell):
     def __init__(self, param_init_type, compute_dtype, owner=None):
         super().__init__()
         owner = owner or type(self).__name__
+        self.owner = owner
         self.param_init_type = check_float_dtype(param_init_type, "param_init_type", owner)
         self.compute_dtype = check_float_dtype(compute_dtype, "compute_dtype", owner)
         # Parameters are cast on every call only when their dtype differs from the compute dtype.
@@ -44,6 +50,13 @@ class MixedPrecisionCell(nn.Cell):
         return x
 
     def _to_compute_dtype(self, x):
+        """``x`` in the compute dtype; TypeError for a non-float input, as ``nn.Dense`` raises.
+
+        The dtype is known when the graph is compiled, so in GRAPH mode the check runs at compile time.
+        """
+        if x.dtype not in INPUT_FLOAT_TYPES:
+            raise TypeError(f"For '{self.owner}', the input 'x' must be a float16, float32 or bfloat16 Tensor, "
+                            f"but got a Tensor of dtype {x.dtype}.")
         if x.dtype != self.compute_dtype:
             x = self.cast(x, self.compute_dtype)
         return x

@@ -19,7 +19,7 @@ from mindpet.parallel.plan import (
     primitive_op,
     strategy_arguments,
 )
-from mindpet.utils.naming import delta_attr_name
+from mindpet.utils.naming import LORA_BRANCH_SCALE, delta_attr_name
 from mindpet.utils.param_init import make_parameter
 from mindpet.utils.validation import check_nonzero_number, check_positive_int, check_rate
 
@@ -39,7 +39,9 @@ class LoRADense(ShardValidated, MergeableDense):
     ``W`` (``weight``) and ``b`` (``bias``) keep ``nn.Dense``'s names and shapes, so a pretrained checkpoint of
     the unmodified model loads unchanged. ``A`` (``mindpet_delta_lora_a``, shape ``(lora_rank, in_channels)``)
     and ``B`` (``mindpet_delta_lora_b``, shape ``(out_channels, lora_rank)``) are the delta; ``B`` starts at zero,
-    so a fresh cell computes exactly what the Dense layer it replaces computed.
+    so a fresh cell computes what the Dense layer it replaces computed: bit for bit with ``compute_dtype=float32``
+    and float32 parameters, within float16 rounding (up to about 1e-3 of the largest output) with the default
+    float16.
 
     :meth:`merge` folds the update into ``weight`` for inference and :meth:`unmerge` takes it out again. The
     branch's scale lives in the non-trainable Parameter ``lora_branch_scale`` (``lora_alpha / lora_rank``
@@ -62,9 +64,11 @@ class LoRADense(ShardValidated, MergeableDense):
     Raises:
         TypeError: ``in_channels``, ``out_channels`` or ``lora_rank`` is not an int; ``lora_alpha`` is not an int
             or float; ``lora_dropout`` is not a float; ``has_bias`` is not a bool; ``activation`` is not a str,
-            Cell, Primitive or None; ``param_init_type`` or ``compute_dtype`` is not float16 or float32.
-        ValueError: ``in_channels``, ``out_channels`` or ``lora_rank`` is <= 0; ``lora_alpha`` is 0;
-            ``lora_dropout`` is outside [0, 1); an init Tensor has the wrong shape.
+            Cell, Primitive or None; ``param_init_type`` or ``compute_dtype`` is not float16 or float32; when
+            called, ``x`` is not a float16, float32 or bfloat16 Tensor (at compile time in GRAPH mode).
+        ValueError: ``in_channels``, ``out_channels`` or ``lora_rank`` is <= 0 or above 2**31 - 1;
+            ``lora_alpha`` is 0, NaN or infinite; ``lora_dropout`` is outside [0, 1); an init Tensor has the
+            wrong shape; an init number or Tensor value is NaN or infinite.
         ActivationNotFoundError: ``activation`` is an unknown name (a ValueError and a KeyError).
 
     Examples:
@@ -95,7 +99,7 @@ class LoRADense(ShardValidated, MergeableDense):
                                              LORA_A, "lora_a_init", owner))
         setattr(self, LORA_B, make_parameter(lora_b_init, (self.out_channels, self.lora_rank), param_init_type,
                                              LORA_B, "lora_b_init", owner))
-        self.lora_branch_scale = Parameter(Tensor(self.scaling, mstype.float32), name="lora_branch_scale",
+        self.lora_branch_scale = Parameter(Tensor(self.scaling, mstype.float32), name=LORA_BRANCH_SCALE,
                                            requires_grad=False)
 
         self.lora_dropout = nn.Dropout(p=self.lora_dropout_rate)
@@ -147,7 +151,8 @@ class LoRADense(ShardValidated, MergeableDense):
             strategy_lora_b_matmul (tuple): ``(x A^T) (N, r) @ B (out, r)^T``, e.g. ``((dp, 1), (mp, 1))``.
             strategy_lora_mul (tuple): the branch times its scale (a scalar), e.g. ``((dp, mp), ())``.
             strategy_lora_add (tuple): the Dense output plus the branch, e.g. ``((dp, mp), (dp, mp))``.
-            strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.""", "``in_channels``, ``out_channels``, ``lora_rank``",
+            strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.""",
+                              "``in_channels``, ``out_channels``, ``lora_rank``",
                               "``N`` or ``out_channels`` unlike an earlier strategy (the branch is added to the Dense "
                               "output)")
 

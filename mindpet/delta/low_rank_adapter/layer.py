@@ -124,9 +124,11 @@ class LowRankAdapterLayer(ResidualAdapterLayer):
     Raises:
         TypeError: ``hidden_size``, ``reduction_factor`` or ``low_rank_size`` is not an int; ``low_rank_w_init``
             is not a str or Initializer; ``non_linearity`` is not a str; ``param_init_type`` or
-            ``compute_dtype`` is not float16 or float32.
-        ValueError: ``hidden_size``, ``reduction_factor`` or ``low_rank_size`` is <= 0; ``reduction_factor`` is
-            greater than ``hidden_size``; ``low_rank_w_init`` is an unknown initializer name.
+            ``compute_dtype`` is not float16 or float32; when called, ``x`` is not a float16, float32 or bfloat16
+            Tensor (at compile time in GRAPH mode).
+        ValueError: ``hidden_size``, ``reduction_factor`` or ``low_rank_size`` is <= 0 or above 2**31 - 1;
+            ``reduction_factor`` is greater than ``hidden_size``; ``low_rank_w_init`` is an unknown initializer
+            name.
         ActivationNotFoundError: ``non_linearity`` is an unknown name (a ValueError and a KeyError).
 
     Examples:
@@ -200,10 +202,10 @@ class LowRankAdapterDense(ResidualAdapterDense):
             ``has_bias`` is not a bool; ``activation`` is not a str, Cell, Primitive or None; ``non_linearity``
             is not a str; ``weight_init`` or ``bias_init`` is not a Tensor, str, Initializer or number;
             ``low_rank_w_init`` is not a str or Initializer; ``param_init_type`` or ``compute_dtype`` is not
-            float16 or float32.
-        ValueError: ``in_channels``, ``out_channels``, ``reduction_factor`` or ``low_rank_size`` is <= 0;
-            ``reduction_factor`` is greater than ``out_channels``; an init Tensor has the wrong shape or an
-            init name is unknown.
+            float16 or float32; when called, ``x`` is not a float16, float32 or bfloat16 Tensor.
+        ValueError: ``in_channels``, ``out_channels``, ``reduction_factor`` or ``low_rank_size`` is <= 0 or
+            above 2**31 - 1; ``reduction_factor`` is greater than ``out_channels``; an init Tensor has the wrong
+            shape, an init name is unknown, or an init number or Tensor value is NaN or infinite.
         ActivationNotFoundError: ``activation`` or ``non_linearity`` is an unknown name (a ValueError and a
             KeyError).
 
@@ -239,7 +241,8 @@ class LowRankAdapterDense(ResidualAdapterDense):
         return self._accept_strategies(strategy_arguments(locals()))
 
     shard.__doc__ = shard_doc(DENSE_SHARD_ARGUMENTS + _SHARD_ARGS_DOC,
-                              "``in_channels``, ``out_channels``, ``low_rank_size``, the bottleneck width", DENSE_ADAPTER_TIED)
+                              "``in_channels``, ``out_channels``, ``low_rank_size``, the bottleneck width",
+                              DENSE_ADAPTER_TIED)
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, reduction_factor={self.reduction_factor}, "

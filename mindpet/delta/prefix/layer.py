@@ -46,9 +46,9 @@ class PrefixLayer(PrefixCore):
         TypeError: ``prefix_token_num``, ``batch_size``, ``num_heads``, ``hidden_dim``, ``embed_dim`` or ``mid_dim``
             is not an int; ``dropout_rate`` is not a float (int 0 is accepted); the call's ``batch_size`` is not an
             int.
-        ValueError: one of those ints, or the call's ``batch_size``, is <= 0; ``prefix_token_num`` is not a
-            multiple of ``batch_size``; ``hidden_dim`` is not a multiple of ``num_heads``; ``dropout_rate`` is
-            outside [0, 1).
+        ValueError: one of those ints, or the call's ``batch_size``, is <= 0 or above 2**31 - 1;
+            ``prefix_token_num`` is not a multiple of ``batch_size``; ``hidden_dim`` is not a multiple of
+            ``num_heads``; ``dropout_rate`` is outside [0, 1).
 
     Examples:
         >>> from mindpet.delta import PrefixLayer

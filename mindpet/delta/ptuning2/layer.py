@@ -52,7 +52,8 @@ class PrefixEncoder(PrefixCore):
         TypeError: ``pre_seq_len``, ``num_layers``, ``num_heads``, ``kv_channels`` or (with projection)
             ``projection_dim`` is not an int; ``prefix_projection`` is not a bool; ``dropout_prob`` is not a float
             (int 0 is accepted); the call's ``batch_size`` is not an int; its ``dtype`` is not a supported float type.
-        ValueError: one of those ints, or the call's ``batch_size``, is <= 0; ``dropout_prob`` is outside [0, 1).
+        ValueError: one of those ints, or the call's ``batch_size``, is <= 0 or above 2**31 - 1; ``dropout_prob`` is
+            outside [0, 1).
 
     Examples:
         >>> import mindspore as ms

@@ -1,0 +1,19 @@
+"""Delta checkpoints: save only what delta tuning trains, load it back, and guard the training that produces it.
+
+- :class:`TrainableParamsCheckPoint` (``callback``): a ``Model.train`` callback that saves the trained parameters.
+- :class:`TrainingGuard` (``guard``): checks at the start of training for setups that silently train nothing.
+- :func:`load_delta_checkpoint` and :func:`load_base_checkpoint` (``loader``): the delta, and the pretrained
+  weights of a network that holds delta cells.
+- :func:`merge_sliced_delta_checkpoints` (``sliced``): one full delta from the slices of a model-parallel run.
+- :func:`trained_parameters` (``selection``): which parameters a delta holds.
+
+Files are written atomically through a staging folder (``atomic``).
+"""
+from mindpet.checkpoint.callback import TrainableParamsCheckPoint
+from mindpet.checkpoint.guard import TrainingGuard
+from mindpet.checkpoint.loader import BaseLoadResult, DeltaLoadResult, load_base_checkpoint, load_delta_checkpoint
+from mindpet.checkpoint.selection import trained_parameters
+from mindpet.checkpoint.sliced import merge_sliced_delta_checkpoints
+
+__all__ = ["BaseLoadResult", "DeltaLoadResult", "TrainableParamsCheckPoint", "TrainingGuard", "load_base_checkpoint",
+           "load_delta_checkpoint", "merge_sliced_delta_checkpoints", "trained_parameters"]
