@@ -160,6 +160,13 @@ class TestInjection:
             get_delta_model(TinyNet(), LoraConfig(target_modules=["q_proj", "query"]))
         assert "entry 'query' matches no cell" in caplog.text
 
+    def test_injecting_into_a_compiled_network_warns(self, graph_mode, caplog):
+        network = TinyNet()
+        network(_inputs())
+        with caplog.at_level("WARNING", logger="mindpet"):
+            get_delta_model(network, LoraConfig(target_modules=["q_proj"]))
+        assert "already compiled in GRAPH mode" in caplog.text
+
     def test_config_is_recorded_on_the_network(self):
         config = LoraConfig(target_modules=["q_proj"])
         assert get_delta_model(TinyNet(), config).delta_configs == {"lora": config}
@@ -194,7 +201,7 @@ class TestPlan:
         assert "layers.0.mlp.0" in text and "unmatched target entry: 'missing'" in text
         assert text.splitlines()[-1] == str(summary)
 
-    def test_all_dense_reports_what_it_cannot_adapt(self):
+    def test_all_dense_reaches_only_dense_layers_and_a_named_conv_is_refused(self):
         class WithPrefix(nn.Cell):
             def __init__(self):
                 super().__init__()

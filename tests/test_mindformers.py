@@ -92,3 +92,23 @@ def test_mindformers_prefix_tuning_freezes_with_this_package(graph_mode):
     model = get_pet_model(_tiny_llama(), PrefixTuningConfig(prefix_token_num=4, mid_dim=16, dropout_rate=0.0))
     trainable = [param.name for param in model.get_parameters() if param.requires_grad]
     assert trainable and all("mindpet_delta_prefixtuning" in name for name in trainable)
+
+
+def test_a_linear_with_its_weight_stored_in_out_is_skipped_by_all_dense_and_refused_by_name():
+    from mindformers.modules.layers import Linear
+
+    class Block(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.wide = Linear(8, 16, transpose_b=False, compute_dtype=ms.float32)
+            self.proj = Linear(16, 8, compute_dtype=ms.float32)
+
+        def construct(self, x):
+            return self.proj(self.wide(x))
+
+    plan = plan_delta(Block(), LoraConfig(target_modules="all-dense"))
+    assert [cell.path for cell in plan.matched] == ["proj"]
+    assert [(cell.path, cell.reason) for cell in plan.unsupported] == [
+        ("wide", "its weight is stored (in, out) (transpose_b=False)")]
+    with pytest.raises(ValueError, match=r"'wide' \(Linear\): its weight is stored \(in, out\)"):
+        get_delta_model(Block(), LoraConfig(target_modules=["wide", "proj"]))
