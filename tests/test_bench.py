@@ -148,3 +148,17 @@ def test_docs_block_is_replaced(results, tmp_path):
     page.write_text("# No block\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no block"):
         report.write_reports(results, str(tmp_path / "out"), docs_page=str(page))
+
+
+def test_peer_rows_appear_exactly_when_torch_is_installed(results, run_dir):
+    has_peer = all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+    peer = results["peer"]
+    assert peer["available"] == has_peer
+    assert STEP_TIME_FIELDS - {"instance_spread"} <= set(peer["mindpet"]["lora_vs_full_step"])
+    text = (run_dir / report.MARKDOWN_NAME).read_text(encoding="utf-8")
+    assert "| mindpet (MindSpore " in text and "| mindpet: LoRA step / full step |" in text
+    if has_peer:
+        assert peer["peft"]["lora_peak_mib"] > 0 and peer["lora_mindpet_vs_peft"]["ratio"] > 0
+        assert "| HF PEFT (torch " in text and "| LoRA step: mindpet / PEFT |" in text
+    else:
+        assert "HF PEFT rows skipped" in text and "| HF PEFT (torch " not in text
