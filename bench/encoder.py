@@ -8,8 +8,10 @@ from bert.modeling import BertClassifier, BertConfig
 from bert.weights import load_pretrained, read_pretrained
 from mindspore import Tensor, nn
 
+from mindpet import freeze_modules
+
 from bench import presets
-from bench.minilm import minilm_batch_arrays, minilm_shape, pretrained_model_dir
+from bench.minilm import FLOOR_TRAINABLE, minilm_batch_arrays, minilm_shape, pretrained_model_dir
 
 
 def encoder_config(preset):
@@ -53,13 +55,17 @@ def minilm_config(preset):
 
 def build_minilm(method, preset):
     """The example's classifier on all-MiniLM-L6-v2 (pretrained weights when the package is installed) with
-    ``method`` applied as the example applies it."""
+    ``method`` applied as the example applies it, or frozen but for the floor's modules (``'floor'``, see
+    :data:`bench.minilm.PEER_METHODS`)."""
     shape = minilm_shape(preset)
     net = BertClassifier(minilm_config(preset), shape.num_labels)
     model_dir = pretrained_model_dir(preset)
     if model_dir is not None:
         load_pretrained(net, read_pretrained(os.path.join(model_dir, "model.safetensors")))
-    apply_method(net, method, **presets.HYPERPARAMETERS)
+    if method == "floor":
+        freeze_modules(net, include=["*"], exclude=[f"{module}.*" for module in FLOOR_TRAINABLE["mindpet"]])
+    else:
+        apply_method(net, method, **presets.HYPERPARAMETERS)
     return net
 
 

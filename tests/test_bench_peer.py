@@ -28,10 +28,10 @@ def _summary(ratio):
 
 
 def _framework(ratio):
-    return {"lora_vs_full_step": _summary(ratio), "frozen_head_vs_full_step": _summary(ratio - 0.05),
-            "lora_vs_frozen_head_step": _summary(1.05), "lora_peak_mib": 700.0, "full_peak_mib": 1000.0,
-            "lora_vs_full_peak": 0.7, "frozen_head_peak_mib": 690.0,
-            "trainable": {"lora": [2114, 22790], "full": [22790, 22790], "frozen_head": [66, 22790]}}
+    return {"lora_vs_full_step": _summary(ratio), "floor_vs_full_step": _summary(ratio - 0.05),
+            "lora_vs_floor_step": _summary(1.05), "lora_peak_mib": 700.0, "full_peak_mib": 1000.0,
+            "lora_vs_full_peak": 0.7, "floor_peak_mib": 690.0,
+            "trainable": {"lora": [2114, 22790], "full": [22790, 22790], "floor": [130, 22790]}}
 
 
 def _peer_results(available):
@@ -96,6 +96,21 @@ def test_peer_process_trains_both_methods_with_the_same_trainable_count_as_mindp
     lora = shape.num_layers * 2 * presets.LORA_RANK * 2 * shape.hidden_size + head
     assert trainable["lora"][0] == lora
     assert trainable["full"][0] == trainable["full"][1]
+    assert trainable["floor"][0] == _floor_count()
+
+
+def _floor_count():
+    """The head and the embeddings' LayerNorm (gamma and beta)."""
+    shape = minilm_shape(QUICK)
+    return shape.hidden_size * shape.num_labels + shape.num_labels + 2 * shape.hidden_size
+
+
+def test_mindpet_floor_trains_only_the_head_and_the_embedding_norm():
+    from bench.workloads import build_workload, network_counts  # pylint: disable=import-outside-toplevel
+    net = build_workload("minilm", "floor", QUICK).net
+    assert network_counts(net)[0] == _floor_count()
+    assert sorted(param.name for param in net.trainable_params()) == [
+        "bert.embeddings.layer_norm.beta", "bert.embeddings.layer_norm.gamma", "classifier.bias", "classifier.weight"]
 
 
 @needs_peer
