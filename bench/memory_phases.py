@@ -3,7 +3,7 @@
 
 One process builds the comparison's network (:mod:`bench.minilm`, AdamW), compiles its training step, runs it, and
 optionally evaluates; it prints one JSON line with ``ru_maxrss`` (MiB) after importing MindSpore, after building,
-after compiling (``TrainOneStepCell.compile``), after the first step, after a few more, and after the evaluation
+after compiling (``TrainOneStepCell.compile``, GRAPH mode only), after the first step, after a few more, and after the evaluation
 call; with ``MS_DEV_RUNTIME_CONF="memory_statistics:True"`` MindSpore also prints its memory pool's peak. Run
 one process per setting: a high-water mark never comes down. ``--context`` passes MindSpore context settings,
 such as ``'{"jit_config": {"jit_level": "O0"}}'``, ``'{"memory_optimize_level": "O1"}'`` or
@@ -40,8 +40,9 @@ def measure_phases(method, preset, batch, eval_batch=None, eval_mode="graph", st
     args = tuple(workload.inputs) + (workload.target,)
     phases["built"] = _peak_mib()
     start = time.perf_counter()
-    step.compile(*args)
-    phases["compiled"] = _peak_mib()
+    if ms.get_context("mode") == ms.GRAPH_MODE:
+        step.compile(*args)
+        phases["compiled"] = _peak_mib()
     step(*args).asnumpy()
     phases["first_step_s"] = time.perf_counter() - start
     phases["first_step"] = _peak_mib()

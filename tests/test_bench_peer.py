@@ -4,6 +4,7 @@ be imported, and are skipped with a sentence saying so when they cannot.
 Only tiny shapes run here (the quick preset's BERT); nothing asserts a timing. The full ``python -m bench --quick``
 run of tests/test_bench.py also checks that its report holds the comparison.
 """
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -117,3 +118,21 @@ def test_mindpet_floor_trains_only_the_head_and_the_embedding_norm():
 def test_peer_memory_process_reports_its_peak():
     measured = peer.peer_peak_memory("lora", QUICK.name)
     assert measured["peak_kib"] >= measured["baseline_kib"] > 0
+
+
+@needs_peer
+def test_compare_with_peer_times_both_frameworks_in_the_same_rounds(monkeypatch):
+    # The peak-memory processes are tested above; here they are replaced so that the test takes seconds.
+    fake_memory = {peer._key(framework, method): {"baseline_kib": 1024, "peak_kib": 2048}
+                   for framework in (peer.MINDPET, peer.PEFT) for method in peer.PEER_METHODS}
+    monkeypatch.setattr(peer, "_memory", lambda preset, jobs, with_peer: fake_memory)
+    preset = dataclasses.replace(QUICK, peer_rounds=2, warmup_steps=1)
+    results = peer.compare_with_peer(preset)
+    assert results["available"] and results["reason"] is None
+    assert set(results["times_s"]) == set(fake_memory)
+    assert all(len(times) == 2 for times in results["times_s"].values())
+    for framework in (peer.MINDPET, peer.PEFT):
+        assert results[framework]["lora_vs_full_step"]["ratio"] > 0
+        assert results[framework]["trainable"]["lora"][0] == results[peer.MINDPET]["trainable"]["lora"][0]
+    text = "\n".join(report.peer_markdown(results, "2.10.0"))
+    assert "| HF PEFT (torch " in text and "| LoRA step: mindpet / PEFT |" in text
