@@ -2,7 +2,7 @@
 ``python -m bench.memory_phases --method lora [--batch 32] [--context JSON] [--eval-batch N --eval-mode graph]``.
 
 One process builds the comparison's network (:mod:`bench.minilm`, AdamW), compiles its training step, runs it, and
-optionally evaluates; it prints one JSON line with ``ru_maxrss`` (MiB) after importing MindSpore, after building,
+optionally evaluates; it prints one JSON line with its peak resident memory (MiB, :func:`bench.rss.peak_rss_kib`) after importing MindSpore, after building,
 after compiling (``TrainOneStepCell.compile``, GRAPH mode only), after the first step, after a few more, and after the evaluation
 call; with ``MS_DEV_RUNTIME_CONF="memory_statistics:True"`` MindSpore also prints its memory pool's peak. Run
 one process per setting: a high-water mark never comes down. ``--context`` passes MindSpore context settings,
@@ -12,7 +12,6 @@ such as ``'{"jit_config": {"jit_level": "O0"}}'``, ``'{"memory_optimize_level": 
 import argparse
 import dataclasses
 import json
-import resource
 import time
 
 import mindspore as ms
@@ -21,6 +20,7 @@ from mindspore import Tensor
 
 from bench.minilm import minilm_shape
 from bench.presets import PRESETS
+from bench.rss import peak_rss_kib
 from bench.training import train_step_cell
 from bench.workloads import build_workload
 
@@ -28,7 +28,7 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 
 def _peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_kib() / 1024
 
 
 def measure_phases(method, preset, batch, eval_batch=None, eval_mode="graph", steps=3):

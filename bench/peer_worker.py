@@ -14,14 +14,14 @@ Two uses, both started by :mod:`bench.peer`:
   per request on stdin: ``step METHOD`` runs one training step and prints ``ok``; ``quit`` ends. The driver times
   the requests, so the torch steps interleave with mindpet's in the driver's rounds.
 - ``python -m bench.peer_worker --memory lora --preset full``: trains ``memory_steps`` steps and prints one JSON
-  line, ``baseline_kib`` (``ru_maxrss`` after importing torch, transformers and peft) and ``peak_kib``.
+  line, ``baseline_kib`` (the peak resident memory after importing torch, transformers and peft, from
+  :func:`bench.rss.peak_rss_kib`) and ``peak_kib``.
 
 torch, transformers and peft are optional (``pip install -e ".[peer]"``); nothing in mindpet imports this module.
 """
 import argparse
 import json
 import os
-import resource
 import sys
 
 import numpy as np
@@ -31,6 +31,7 @@ from transformers import BertConfig, BertModel
 
 from bench.minilm import FLOOR_TRAINABLE, PEER_METHODS, minilm_batch_arrays, minilm_shape, pretrained_model_dir
 from bench.presets import LORA_ALPHA, LORA_RANK, PRESETS
+from bench.rss import peak_rss_kib
 
 LEARNING_RATE = 1e-4
 TARGET_MODULES = ["query", "value"]
@@ -130,11 +131,11 @@ def serve(preset, stdin=sys.stdin, stdout=sys.stdout):
 
 def measure_memory(method, preset):
     """The high-water marks of this process before building and after training ``method`` (KiB)."""
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_rss_kib()
     run = step_runner(method, preset)
     for _ in range(preset.memory_steps):
         run()
-    return {"baseline_kib": baseline, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {"baseline_kib": baseline, "peak_kib": peak_rss_kib()}
 
 
 def main(argv=None):

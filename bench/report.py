@@ -110,8 +110,8 @@ def peer_markdown(peer, mindspore_version):
              f"and the embeddings' LayerNorm: the backward pass runs through every layer, as LoRA's must, but "
              f"computes no weight gradient inside them, the limit of skipping frozen weights' gradients and "
              f"optimizer work. The six networks (each framework: full, LoRA, floor) take turns in {rounds} "
-             f"interleaved rounds; PEFT runs in a torch process of its own that the benchmark drives step by step. Peak RSS: one process per framework and method, "
-             f"`ru_maxrss` after training.", "",
+             f"interleaved rounds; PEFT runs in a torch process of its own that the benchmark drives step by step. "
+             f"Peak RSS: one process per framework and method, its `VmHWM` after training.", "",
              "| Framework | LoRA trainable | LoRA step / full step (round min–max) | Floor step / full step "
              "| ms per step, LoRA / full | Peak RSS LoRA (MiB) | Peak RSS full (MiB) | Peak RSS LoRA / full |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
