@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.memory_worker import REPO_ROOT, peak_memory
@@ -67,19 +68,23 @@ class PeerServer:
         self.preset_name = preset_name
         self.process = None
         self.info = None
+        # stderr goes to a file, not a pipe: progress bars and warnings must never fill a pipe nobody reads.
+        self._stderr = None
 
     def __enter__(self):
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(_worker_command(self.preset_name, "--serve"), cwd=REPO_ROOT,
                                         env=_worker_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, bufsize=1)
+                                        stderr=self._stderr, text=True, bufsize=1)
         self.info = json.loads(self._read_line("start"))
         return self
 
     def _read_line(self, what):
         line = self.process.stdout.readline()
         if not line:
-            stderr = self.process.stderr.read()
-            raise RuntimeError(f"The PEFT process ended during {what} ({self.process.wait()}):\n{stderr[-4000:]}")
+            code = self.process.wait()
+            self._stderr.seek(0)
+            raise RuntimeError(f"The PEFT process ended during {what} ({code}):\n{self._stderr.read()[-4000:]}")
         return line
 
     def runner(self, method):
@@ -103,7 +108,7 @@ class PeerServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+        for stream in (self.process.stdin, self.process.stdout, self._stderr):
             stream.close()
         return False
 
