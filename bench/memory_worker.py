@@ -1,38 +1,35 @@
 """Peak resident memory of a training process, one process per method so that no method inherits another's peak.
 
 ``python -m bench.memory_worker --model mlp --method lora --preset quick`` builds the workload, runs a few compiled
-training steps and prints one JSON line: ``baseline_kib`` (``ru_maxrss`` after importing MindSpore and mindpet,
-before building anything) and ``peak_kib`` (``ru_maxrss`` after training). Linux reports ``ru_maxrss`` in KiB.
+training steps and prints one JSON line: ``baseline_kib`` (the process's peak resident memory after importing MindSpore
+and mindpet, before building anything) and ``peak_kib`` (after training), both from :func:`bench.rss.peak_rss_kib`
+(``VmHWM``, which a large parent process does not leak into as it does into ``ru_maxrss``).
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
 import mindspore as ms
 
 from bench.presets import PRESETS
+from bench.rss import peak_rss_kib
 from bench.workloads import build_workload
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _max_rss_kib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def measure_in_this_process(model, method, preset_name):
     """Build, train ``memory_steps`` steps, and return the high-water marks of this process (see the module doc)."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
-    baseline = _max_rss_kib()
+    baseline = peak_rss_kib()
     preset = PRESETS[preset_name]
     run_step = build_workload(model, method, preset).train_runner()
     for _ in range(preset.memory_steps):
         run_step()
-    return {"baseline_kib": baseline, "peak_kib": _max_rss_kib()}
+    return {"baseline_kib": baseline, "peak_kib": peak_rss_kib()}
 
 
 def peak_memory(model, method, preset_name):

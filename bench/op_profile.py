@@ -14,8 +14,9 @@ OP_TABLE = os.path.join("*", "FRAMEWORK", "cpu_op_detail_info_0.csv")
 LAYER_OP = re.compile(r"layers-CellList/(\d+)-(\w+)/(.+)$")
 
 
-def _profile(run, steps):
-    """The operator table of ``steps`` calls of one compiled runner, profiled on its own."""
+def profile_rows(run, steps):
+    """The profiler's operator table (one dict per operator of the graph) of ``steps`` calls of one compiled
+    runner, profiled on its own."""
     with tempfile.TemporaryDirectory(prefix="mindpet_bench_profile_") as directory:
         profiler = Profiler(output_path=directory)
         for _ in range(steps):
@@ -78,7 +79,7 @@ def layer_op_times(runners, steps):
     """
     collected = {}
     for run in runners:
-        cls, ops = _per_layer(_profile(run, steps))
+        cls, ops = _per_layer(profile_rows(run, steps))
         collected.setdefault(cls, []).append(ops)
     times = {}
     for cls, networks in collected.items():

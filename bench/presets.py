@@ -45,6 +45,12 @@ class Preset:
         encoder_steps_per_round (int): timed encoder training steps of one network in one round.
         forward_steps_per_round (int): timed MLP inference passes of one network in one round.
         memory_steps (int): training steps of each peak-memory process.
+        minilm_tiny (bool): the side-by-side comparison with HF PEFT runs a tiny random BERT instead of
+            all-MiniLM-L6-v2's shape (see :mod:`bench.minilm`).
+        minilm_seq_len (int): tokens per sample in that comparison.
+        minilm_batch (int): samples per step in that comparison.
+        peer_rounds (int): interleaved rounds of that comparison (mindpet and PEFT, full and LoRA).
+        peer_steps_per_round (int): timed steps of one network in one of those rounds.
     """
 
     name: str
@@ -71,6 +77,11 @@ class Preset:
     encoder_steps_per_round: int
     forward_steps_per_round: int
     memory_steps: int
+    minilm_tiny: bool
+    minilm_seq_len: int
+    minilm_batch: int
+    peer_rounds: int
+    peer_steps_per_round: int
 
 
 PRESETS = {
@@ -80,12 +91,14 @@ PRESETS = {
                    warmup_steps=3, rounds=21, encoder_rounds=11, mlp_instances=3, encoder_instances=2,
                    overhead_instances=6, profiled_instances=3, profiled_steps=40,
                    mlp_steps_per_round=10, encoder_steps_per_round=3,
-                   forward_steps_per_round=10, memory_steps=3),
+                   forward_steps_per_round=10, memory_steps=3,
+                   minilm_tiny=False, minilm_seq_len=32, minilm_batch=32, peer_rounds=11, peer_steps_per_round=2),
     "quick": Preset(name="quick", mlp_width=128, mlp_depth=4, mlp_batch=8,
                     encoder_hidden=32, encoder_layers=2, encoder_heads=2, encoder_intermediate=64,
                     encoder_vocab=100, encoder_seq_len=8, encoder_batch=2, num_labels=3,
                     warmup_steps=1, rounds=3, encoder_rounds=3, mlp_instances=2, encoder_instances=1,
                     overhead_instances=2, profiled_instances=1, profiled_steps=2,
                     mlp_steps_per_round=2, encoder_steps_per_round=1,
-                    forward_steps_per_round=2, memory_steps=1),
+                    forward_steps_per_round=2, memory_steps=1,
+                    minilm_tiny=True, minilm_seq_len=8, minilm_batch=2, peer_rounds=3, peer_steps_per_round=1),
 }

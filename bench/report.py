@@ -21,6 +21,11 @@ LORA_ROWS = (("train_lora_dense_vs_hand_written", "training step: LoRADense / ha
 CHECKPOINT_FORMAT = "ckpt"
 # (phase in results["lora_overhead"]["layer_op_ms"], layer class measured, reference layer class)
 OP_PROFILE_ROWS = (("forward", "LoRADense", "Dense"), ("train", "LoRADense", "HandWrittenLoRADense"))
+# The side-by-side comparison with HF PEFT: the frameworks' rows and the targets of issue 19.
+PEER_FRAMEWORKS = (("mindpet", "mindpet (MindSpore {mindspore}, GRAPH)"), ("peft", "HF PEFT (torch {torch}, eager)"))
+PEER_STEP_TARGET = 0.62
+PEER_PEAK_TARGET = 0.75
+PEER_LORA_PEAK_VS_PEFT_TARGET = 1.5
 
 
 def _ratio_cell(summary):
@@ -80,6 +85,59 @@ def _op_profile_rows(layer_op_ms):
                     f"{ops[reference]['total']:.3f} = {ops[measured]['total'] / ops[reference]['total']:.3f} "
                     f"| {_ops_cell(ops[measured])} | {_ops_cell(ops[reference])} |")
     return rows
+
+
+def _peer_framework_row(peer, framework, title):
+    rows = peer[framework]
+    lora_trainable, lora_total = rows["trainable"]["lora"]
+    return (f"| {title} | {lora_trainable:,} of {lora_total:,} | {_ratio_cell(rows['lora_vs_full_step'])} "
+            f"| {_ratio_cell(rows['floor_vs_full_step'])} "
+            f"| {rows['lora_vs_full_step']['median_ms']:.0f} / {rows['lora_vs_full_step']['reference_median_ms']:.0f} "
+            f"| {rows['lora_peak_mib']:,.0f} | {rows['full_peak_mib']:,.0f} | {rows['lora_vs_full_peak']:.3f} |")
+
+
+def peer_markdown(peer, mindspore_version):
+    """The Markdown of the side-by-side comparison (:func:`bench.peer.compare_with_peer`): the framework table,
+    and the cross-framework ratios with the targets, or the sentence saying why the PEFT rows are missing."""
+    shape = peer["shape"]
+    weights = "the pretrained all-MiniLM-L6-v2 weights" if peer["pretrained"] else "random weights"
+    rounds = len(peer["times_s"]["mindpet lora"])
+    lines = [f"Side by side with HF PEFT on the MiniLM example's training step: BERT with {shape['num_layers']} "
+             f"layers, hidden {shape['hidden_size']}, {shape['num_heads']} heads, feed-forward "
+             f"{shape['intermediate_size']}, vocabulary {shape['vocab_size']} ({weights}), batch {shape['batch']} x "
+             f"{shape['seq_len']} tokens, mean pooling and a {shape['num_labels']}-label head; LoRA r = 8, alpha = 16 "
+             f"on query and value (the head trains too), AdamW without weight decay. *Floor* trains only the head "
+             f"and the embeddings' LayerNorm: the backward pass runs through every layer, as LoRA's must, but "
+             f"computes no weight gradient inside them, the limit of skipping frozen weights' gradients and "
+             f"optimizer work. The six networks (each framework: full, LoRA, floor) take turns in {rounds} "
+             f"interleaved rounds; PEFT runs in a torch process of its own that the benchmark drives step by step. "
+             f"Peak RSS: one process per framework and method, its `VmHWM` after training.", "",
+             "| Framework | LoRA trainable | LoRA step / full step (round min–max) | Floor step / full step "
+             "| ms per step, LoRA / full | Peak RSS LoRA (MiB) | Peak RSS full (MiB) | Peak RSS LoRA / full |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    versions = {"mindspore": mindspore_version, "torch": (peer.get("peer_info") or {}).get("torch", "")}
+    for framework, title in PEER_FRAMEWORKS:
+        if framework in peer:
+            lines.append(_peer_framework_row(peer, framework, title.format(**versions)))
+    if not peer["available"]:
+        lines += ["", peer["reason"]]
+    mindpet = peer["mindpet"]
+    lines += ["", "| Measure | Ratio (round min–max) | Target | Met |", "|---|---:|---:|---|",
+              f"| mindpet: LoRA step / full step | {_ratio_cell(mindpet['lora_vs_full_step'])} "
+              f"| ≤ {PEER_STEP_TARGET} | {_met(mindpet['lora_vs_full_step']['ratio'], PEER_STEP_TARGET)} |",
+              f"| mindpet: LoRA step / floor step (the LoRA branch's cost) "
+              f"| {_ratio_cell(mindpet['lora_vs_floor_step'])} | | |",
+              f"| mindpet: LoRA peak RSS / full peak RSS | {mindpet['lora_vs_full_peak']:.3f} "
+              f"| ≤ {PEER_PEAK_TARGET} | {_met(mindpet['lora_vs_full_peak'], PEER_PEAK_TARGET)} |"]
+    if peer["available"]:
+        lines += [f"| PEFT: LoRA step / floor step | {_ratio_cell(peer['peft']['lora_vs_floor_step'])} "
+                  f"| | |",
+                  f"| LoRA step: mindpet / PEFT | {_ratio_cell(peer['lora_mindpet_vs_peft'])} | | |",
+                  f"| full step: MindSpore / torch | {_ratio_cell(peer['full_mindpet_vs_peft'])} | | |",
+                  f"| LoRA peak RSS: mindpet / PEFT | {peer['lora_peak_mindpet_vs_peft']:.3f} "
+                  f"| ≤ {PEER_LORA_PEAK_VS_PEFT_TARGET} "
+                  f"| {_met(peer['lora_peak_mindpet_vs_peft'], PEER_LORA_PEAK_VS_PEFT_TARGET)} |"]
+    return lines
 
 
 def _met(ratio, target):
@@ -145,6 +203,8 @@ def markdown(results, image_path=PLOT_NAME):
               "| Method | Trainable | Total | Share |", "|---|---:|---:|---:|"]
     for method, entry in bert_base["methods"].items():
         lines.append(f"| {method} | {entry['trainable']:,} | {entry['total']:,} | {100 * entry['share']:.3f} % |")
+    if "peer" in results:
+        lines += [""] + peer_markdown(results["peer"], meta["mindspore"])
     if image_path is not None:
         lines += ["", f"![Step-time and memory ratios per method]({image_path})"]
     return "\n".join(lines) + "\n"
@@ -161,6 +221,23 @@ def _bar_series(methods):
             [methods[name]["memory"]["increment_ratio"] for name in names])
 
 
+def _plot_peer(axis, peer, width):
+    """LoRA over full fine-tuning on the MiniLM shapes, step time and peak RSS, for mindpet and (when run) PEFT."""
+    frameworks = [framework for framework, _ in PEER_FRAMEWORKS if framework in peer]
+    positions = list(range(len(frameworks)))
+    step = [peer[framework]["lora_vs_full_step"] for framework in frameworks]
+    axis.bar([x - width / 2 for x in positions], [entry["ratio"] for entry in step], width, capsize=2,
+             yerr=[[entry["ratio"] - entry["ratio_min"] for entry in step],
+                   [entry["ratio_max"] - entry["ratio"] for entry in step]], color="C0")
+    axis.bar([x + width / 2 for x in positions], [peer[framework]["lora_vs_full_peak"] for framework in frameworks],
+             width, color="C1")
+    axis.axhline(1.0, color="grey", linewidth=0.8)
+    axis.set_xticks(positions)
+    axis.set_xticklabels([f"{'mindpet' if framework == 'mindpet' else 'HF PEFT'}\nLoRA" for framework in frameworks],
+                         fontsize=8)
+    axis.set_title("MiniLM, side by side")
+
+
 def plot(results, path):
     """Write the ratios of every method on both models as a bar chart; returns False when matplotlib is missing."""
     try:
@@ -171,7 +248,10 @@ def plot(results, path):
     matplotlib.use("Agg")
     from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
 
-    figure, axes = pyplot.subplots(1, len(MODELS), figsize=(10, 3.8), sharey=True)
+    peer = results.get("peer")
+    panels = len(MODELS) + (1 if peer else 0)
+    figure, axes = pyplot.subplots(1, panels, figsize=(3.6 * panels + 1.6, 3.8), sharey=True,
+                                   gridspec_kw={"width_ratios": [3] * len(MODELS) + ([1.6] if peer else [])})
     width = 0.27
     for axis, model in zip(axes, MODELS):
         names, step, step_range, peak, growth = _bar_series(results["models"][model]["methods"])
@@ -184,6 +264,8 @@ def plot(results, path):
         axis.set_xticks(positions)
         axis.set_xticklabels([name.replace("_", "\n") for name in names], fontsize=8)
         axis.set_title(MODEL_TITLES[model])
+    if peer:
+        _plot_peer(axes[-1], peer, width)
     axes[0].set_ylabel("ratio to full fine-tuning")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)

@@ -26,6 +26,7 @@ from bench.lora_overhead import forward_runners, hand_written_train_runner
 from bench.memory_worker import peak_memory
 from bench.op_profile import layer_op_times
 from bench.param_counts import encoder_counts
+from bench.peer import compare_with_peer
 from bench.timing import combine_instances, instance_key, interleave, ratio_summary
 from bench.workloads import MODELS, NOT_APPLICABLE, analytic_counts, applicable_methods, build_workload, \
     network_counts
@@ -48,6 +49,8 @@ def _parse_args(argv):
     parser.add_argument("--docs", help="a Markdown page whose generated block is replaced by the new tables; "
                                        "the plot is copied to images/benchmarks.png beside it")
     parser.add_argument("--jobs", type=int, default=2, help="peak-memory processes run at once (default 2)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the HF PEFT side of the MiniLM comparison even when torch is installed")
     return parser.parse_args(argv)
 
 
@@ -166,17 +169,20 @@ def _bert_base_shares():
     return {"shape": dict(BERT_BASE_SHAPE, num_labels=BERT_BASE_LABELS), "methods": shares}
 
 
-def run_benchmarks(preset, jobs=2, command=None):
+def run_benchmarks(preset, jobs=2, command=None, with_peer=None):
     """Every measurement of one run, as the JSON-ready dict the reports are written from.
 
     Args:
         preset (bench.presets.Preset): the shapes and repetition counts.
         jobs (int): peak-memory processes run at once. Default: 2.
         command (str, optional): the command line, recorded in the results.
+        with_peer (bool, optional): run HF PEFT beside mindpet on the MiniLM shapes (see :mod:`bench.peer`).
+            Default: when torch, transformers and peft are installed; False skips it.
 
     Returns:
         dict with ``meta``, ``models`` (``mlp`` and ``encoder``: per method ``trainable``, ``checkpoint``,
-        ``memory`` and ``step_time``), ``lora_overhead`` and ``bert_base_shares``.
+        ``memory`` and ``step_time``), ``lora_overhead``, ``bert_base_shares`` and ``peer`` (mindpet and, when
+        available, HF PEFT on the MiniLM shapes).
     """
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
@@ -194,15 +200,18 @@ def run_benchmarks(preset, jobs=2, command=None):
     memory = _memory(preset, jobs)
     models = {model: _model_results(model, preset, memory) for model in MODELS}
     lora_overhead = _lora_overhead(preset)
+    # Last: the side-by-side comparison holds its own memory processes, run before its timing.
+    peer = compare_with_peer(preset, jobs, with_peer)
     meta.update(loadavg_end=_loadavg(), duration_s=time.perf_counter() - started)
-    return {"meta": meta, "models": models, "lora_overhead": lora_overhead, "bert_base_shares": _bert_base_shares()}
+    return {"meta": meta, "models": models, "lora_overhead": lora_overhead, "bert_base_shares": _bert_base_shares(),
+            "peer": peer}
 
 
 def main(argv=None):
     args = _parse_args(argv)
     preset = presets.PRESETS["quick" if args.quick else "full"]
     command = " ".join(["python -m bench"] + [shlex.quote(arg) for arg in (sys.argv[1:] if argv is None else argv)])
-    results = run_benchmarks(preset, jobs=args.jobs, command=command)
+    results = run_benchmarks(preset, jobs=args.jobs, command=command, with_peer=False if args.no_peer else None)
     paths = report.write_reports(results, args.out, docs_page=args.docs)
     for path in paths:
         print(f"wrote {path}")

@@ -16,20 +16,27 @@ class NetWithLoss(nn.Cell):
         return self.loss_fn(self.net(*args[:-1]), args[-1])
 
 
-def train_step_cell(net, loss_fn):
-    """An ``nn.TrainOneStepCell`` with Adam over the parameters of ``net`` that are trainable now.
+# The optimizers a workload can train with: Adam (the MLP and encoder tables) or AdamW without weight decay (the
+# MiniLM example's optimizer, and torch.optim.AdamW's update on the PEFT side).
+OPTIMIZERS = {"adam": lambda params: nn.Adam(params, learning_rate=LEARNING_RATE),
+              "adamw": lambda params: nn.AdamWeightDecay(params, learning_rate=LEARNING_RATE, weight_decay=0.0)}
+
+
+def train_step_cell(net, loss_fn, optimizer="adam"):
+    """An ``nn.TrainOneStepCell`` with ``optimizer`` (a key of :data:`OPTIMIZERS`) over the parameters of ``net``
+    that are trainable now.
 
     Freeze ``net`` first: the optimizer keeps updating every parameter it was given.
     """
-    optimizer = nn.Adam(net.trainable_params(), learning_rate=LEARNING_RATE)
+    optimizer = OPTIMIZERS[optimizer](net.trainable_params())
     step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn), optimizer)
     step.set_train()
     return step
 
 
-def train_runner(net, loss_fn, inputs, target):
+def train_runner(net, loss_fn, inputs, target, optimizer="adam"):
     """A callable that runs one training step and waits for its loss."""
-    step = train_step_cell(net, loss_fn)
+    step = train_step_cell(net, loss_fn, optimizer)
     args = tuple(inputs) + (target,)
     return lambda: step(*args).asnumpy()
 

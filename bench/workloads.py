@@ -15,7 +15,12 @@ MODELS = ("mlp", "encoder")
 # Methods that do not apply to a model, with the reason the report prints instead of a number.
 NOT_APPLICABLE = {"mlp": mlp.NOT_APPLICABLE, "encoder": {}}
 _BUILDERS = {"mlp": (mlp.build_mlp, mlp.mlp_batch, mlp.mlp_loss),
-             "encoder": (encoder.build_encoder, encoder.encoder_batch, encoder.encoder_loss)}
+             "encoder": (encoder.build_encoder, encoder.encoder_batch, encoder.encoder_loss),
+             # The example's MiniLM training step, compared side by side with HF PEFT (bench.peer); not a row of
+             # the per-method tables.
+             "minilm": (encoder.build_minilm, encoder.minilm_batch, encoder.minilm_loss)}
+# The optimizer of each model's training step (a key of bench.training.OPTIMIZERS).
+OPTIMIZER = {"mlp": "adam", "encoder": "adam", "minilm": "adamw"}
 
 
 @dataclass
@@ -26,10 +31,11 @@ class Workload:
     inputs: tuple
     target: object
     loss_fn: object
+    optimizer: str = "adam"
 
     def train_runner(self):
         """A callable running one compiled training step (the first call compiles)."""
-        return train_runner(self.net, self.loss_fn, self.inputs, self.target)
+        return train_runner(self.net, self.loss_fn, self.inputs, self.target, self.optimizer)
 
 
 def applicable_methods(model):
@@ -37,10 +43,11 @@ def applicable_methods(model):
 
 
 def build_workload(model, method, preset):
-    """The :class:`Workload` of ``method`` on ``model`` (``'mlp'`` or ``'encoder'``) at ``preset``'s shapes."""
+    """The :class:`Workload` of ``method`` on ``model`` (``'mlp'``, ``'encoder'`` or ``'minilm'``) at ``preset``'s
+    shapes."""
     build_net, make_batch, make_loss = _BUILDERS[model]
     inputs, target = make_batch(preset)
-    return Workload(build_net(method, preset), inputs, target, make_loss())
+    return Workload(build_net(method, preset), inputs, target, make_loss(), OPTIMIZER[model])
 
 
 def analytic_counts(model, method, preset):

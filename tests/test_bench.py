@@ -37,7 +37,8 @@ RATIO_KEY = re.compile(r"(^|_)(ratio|share|spread)($|_)")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+    # --no-peer: tests/test_bench_peer.py runs the PEFT side on its own, in seconds.
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-peer", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
@@ -148,3 +149,14 @@ def test_docs_block_is_replaced(results, tmp_path):
     page.write_text("# No block\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no block"):
         report.write_reports(results, str(tmp_path / "out"), docs_page=str(page))
+
+
+def test_peer_comparison_keeps_the_mindpet_rows_without_peft(results, run_dir):
+    peer = results["peer"]
+    assert not peer["available"] and "--no-peer" in peer["reason"] and "peft" not in peer
+    for key in ("lora_vs_full_step", "floor_vs_full_step", "lora_vs_floor_step"):
+        assert STEP_TIME_FIELDS - {"instance_spread"} <= set(peer["mindpet"][key])
+    assert peer["mindpet"]["lora_peak_mib"] > 0
+    text = (run_dir / report.MARKDOWN_NAME).read_text(encoding="utf-8")
+    assert "| mindpet (MindSpore " in text and "| mindpet: LoRA step / full step |" in text
+    assert "HF PEFT rows skipped: --no-peer." in text and "| HF PEFT (torch " not in text

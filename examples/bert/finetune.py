@@ -50,7 +50,9 @@ from mindpet import TrainableParamsCheckPoint, load_delta_checkpoint, trainable_
 from mindpet.delta import RDropLoss, rdrop_repeat  # noqa: E402
 
 NUM_LABELS = 2
-EVAL_BATCH_SIZE = 100
+# In GRAPH mode each evaluated network compiles a graph whose memory grows with the batch: on MiniLM about 160 MB
+# at 16 snippets and 900 MB at 100, at the same speed per snippet (docs/benchmarks.md, "Memory").
+EVAL_BATCH_SIZE = 16
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 WARMUP_SHARE = 0.1
 # The better peak learning rate of each method's two-rate grid (docs/results.md).
@@ -179,6 +181,34 @@ def accuracy(logits, labels):
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
+def add_memory_options(parser):
+    """The options that trade memory for time (docs/benchmarks.md, "Memory")."""
+    parser.add_argument("--eval-batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="snippets per evaluation call; in GRAPH mode the evaluation graph's memory grows with "
+                             f"it (default {EVAL_BATCH_SIZE})")
+    parser.add_argument("--compile-cache", metavar="DIR",
+                        help="keep MindSpore's compiled graphs in DIR: a later run with the same settings skips most "
+                             "of the compilation (time and about 200 MB of peak memory)")
+
+
+def configure_compile_cache(directory):
+    """Let MindSpore save the front end's compiled graphs under `directory` and load them in later runs."""
+    if directory:
+        ms.set_context(enable_compile_cache=True, compile_cache_path=directory)
+
+
+def peak_rss_mb():
+    """The peak resident memory of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def print_run_summary(result):
+    """The last line of a run: the trainable share, the training step time and the process's peak memory."""
+    print(f"summary: {result['trainable_percent']:.2f}% of {result['total_params']:,} parameters trainable; "
+          f"median training step {result['step_median_seconds']:.3f} s over {result['steps']} steps (the first, "
+          f"with compilation, {result['first_step_seconds']:.1f} s); peak RSS {result['peak_rss_mb']:,.0f} MB")
+
+
 def method_options(args):
     return {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "bottleneck_size": args.bottleneck_size,
             "reduction_factor": args.reduction_factor, "pre_seq_len": args.pre_seq_len}
@@ -186,6 +216,7 @@ def method_options(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    add_memory_options(parser)
     parser.add_argument("--method", choices=METHODS, default="lora")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the method's best in the grid)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialization, dropout and shuffling")
@@ -217,6 +248,7 @@ def main(argv=None):
     if args.deterministic:
         make_deterministic()
     ms.set_context(mode=MODES[args.mode])
+    configure_compile_cache(args.compile_cache)
     ms.set_seed(args.seed)
     np.random.seed(args.seed)
 
@@ -224,16 +256,16 @@ def main(argv=None):
     train_reviews, eval_reviews = split_reviews(read_reviews(), args.num_train, args.num_eval)
     train_data, eval_data = encode_reviews(tokenizer, train_reviews), encode_reviews(tokenizer, eval_reviews)
     config = BertConfig.from_json(model_file("config.json"))
-    weights = read_pretrained()
 
-    net, _ = build_model(config, args.method, weights, **method_options(args))
+    # The pretrained tensors are read again for the reload check rather than kept: 90 MB less during training.
+    net, _ = build_model(config, args.method, read_pretrained(), **method_options(args))
     summary = trainable_summary(net)
     trainable, total = summary.trainable, summary.total
     print(f"method {args.method}: {summary}")
     rdrop_alpha = args.rdrop_alpha if args.method == "lora_rdrop" else None
     delta_path, step_seconds, train_seconds = train(net, args.method, train_data, args.lr, args.epochs,
                                                     args.batch_size, args.seed, args.output_dir, rdrop_alpha)
-    logits = predict(net, eval_data)
+    logits = predict(net, eval_data, args.eval_batch_size)
     acc = accuracy(logits, eval_data.labels)
     result = {"method": args.method, "seed": args.seed, "lr": args.lr, "accuracy": acc,
               "trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total,
@@ -247,9 +279,9 @@ def main(argv=None):
           f"trainable; delta checkpoint {result['delta_path']} ({result['delta_bytes'] / 1e6:.2f} MB)")
 
     if not args.skip_reload:
-        fresh, _ = build_model(config, args.method, weights, **method_options(args))
+        fresh, _ = build_model(config, args.method, read_pretrained(), **method_options(args))
         load_delta_checkpoint(fresh, delta_path)
-        reloaded_logits = predict(fresh, eval_data)
+        reloaded_logits = predict(fresh, eval_data, args.eval_batch_size)
         result["reloaded_accuracy"] = accuracy(reloaded_logits, eval_data.labels)
         result["reload_max_abs_logit_diff"] = float(np.max(np.abs(reloaded_logits - logits)))
         print(f"reloaded the delta into a fresh pretrained model: accuracy {result['reloaded_accuracy']:.4f}, "
@@ -257,8 +289,9 @@ def main(argv=None):
         if result["reloaded_accuracy"] != acc:
             raise RuntimeError("The reloaded delta does not reproduce the trained model's accuracy.")
 
-    # ru_maxrss is in KiB on Linux: the peak resident memory of this whole process.
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["eval_batch_size"] = args.eval_batch_size
+    print_run_summary(result)
     if args.result_json:
         with open(args.result_json, "a", encoding="utf-8") as result_file:
             result_file.write(json.dumps(result) + "\n")
