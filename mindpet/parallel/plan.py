@@ -136,8 +136,7 @@ class OperatorPlan:
             later ones are compared with.
         tied (Sequence[Dim]): axes every operator must split alike (rule 4).
 
-    Strategies are passed as ``{arg_name: (spelling, strategy)}``, where ``spelling`` is the argument name the user
-    wrote (an alias may differ from ``arg_name``) and ``strategy`` None means "left to the framework".
+    Strategies are passed as ``{arg_name: strategy}``; a strategy None means "left to the framework".
     """
 
     def __init__(self, ops, tied=()):
@@ -147,59 +146,60 @@ class OperatorPlan:
     @staticmethod
     def merge(accepted, given):
         """Strategies after a ``shard()`` call: the ones it sets replace earlier ones, None keeps them."""
-        return {**accepted, **{key: value for key, value in given.items() if value[1] is not None}}
+        return {**accepted, **{key: value for key, value in given.items() if value is not None}}
 
-    def _checked(self, op, owner, spelling, strategy):
+    def _checked(self, op, owner, strategy):
         """Rules 1 to 3 for one operator; returns the strategy in the operator's own spelling."""
         strategy = _normalized(op, strategy)
-        check_strategy(strategy, spelling, owner, tuple(len(operand.dims) for operand in op.inputs))
+        check_strategy(strategy, op.arg_name, owner, tuple(len(operand.dims) for operand in op.inputs))
         first_seen = {}
         for index, axis, dim, split in _entries(op, strategy):
             seen_index, seen_axis, _, seen_split = first_seen.setdefault(dim, (index, axis, dim, split))
             if split != seen_split:
-                raise _strategy_error(owner, spelling, f"split {dim.label} alike in every input",
+                raise _strategy_error(owner, op.arg_name, f"split {dim.label} alike in every input",
                                       f"{seen_split} at input {seen_index}, axis {seen_axis} and {split} at input "
                                       f"{index}, axis {axis}", strategy)
             if dim.size is not None and dim.size % split:
-                raise _strategy_error(owner, spelling, f"split {dim.label} ({dim.size}) into equal parts",
+                raise _strategy_error(owner, op.arg_name, f"split {dim.label} ({dim.size}) into equal parts",
                                       f"{split} at input {index}, axis {axis}", strategy)
         return strategy
 
     def _tied_errors(self, owner, checked):
         for dim in self.tied:
             reference = None
-            for op, spelling, strategy in checked:
+            for op, strategy in checked:
                 entry = _first_entry(op, strategy, dim)
                 if entry is None:
                     continue
                 index, axis, _, split = entry
                 if reference is None:
-                    reference = (spelling, split)
+                    reference = (op.arg_name, split)
                 elif split != reference[1]:
-                    yield _strategy_error(owner, spelling, f"split {dim.label} {reference[1]}-way, as "
+                    yield _strategy_error(owner, op.arg_name, f"split {dim.label} {reference[1]}-way, as "
                                           f"'{reference[0]}' does", f"{split} at input {index}, axis {axis}",
                                           strategy)
 
     def _flow_errors(self, owner, checked):
-        producers = {op.output.tensor: (op, spelling, strategy) for op, spelling, strategy in checked}
-        for op, spelling, strategy in checked:
+        producers = {op.output.tensor: (op, strategy) for op, strategy in checked}
+        for op, strategy in checked:
             for index, operand in enumerate(op.inputs):
                 producer = producers.get(operand.tensor)
                 if producer is None or producer[0] is op:
                     continue
-                expected = _output_layout(producer[0], producer[2])
+                expected = _output_layout(*producer)
                 if strategy[index] != expected:
-                    yield _strategy_error(owner, spelling, f"take input {index}, the output of '{producer[1]}', in "
+                    yield _strategy_error(owner, op.arg_name, f"take input {index}, the output of "
+                                          f"'{producer[0].arg_name}', in "
                                           f"the layout it is produced in, {expected}",
                                           f"input {index} is laid out as {strategy[index]}", strategy)
 
     def _device_errors(self, owner, checked, device_num):
-        for op, spelling, strategy in checked:
+        for op, strategy in checked:
             matrix = _device_matrix(op, strategy)
             needed = math.prod(matrix.values())
             if device_num % needed:
                 factors = " x ".join(f"{split} ({dim.label})" for dim, split in matrix.items() if split > 1)
-                yield _strategy_error(owner, spelling, f"fit a device count of {device_num}",
+                yield _strategy_error(owner, op.arg_name, f"fit a device count of {device_num}",
                                       f"it needs {needed} devices, {factors}, and {needed} does not divide "
                                       f"{device_num}", strategy)
 
@@ -210,11 +210,11 @@ class OperatorPlan:
         """
         checked = []
         for op in self.ops:
-            spelling, strategy = strategies.get(op.arg_name, (op.arg_name, None))
+            strategy = strategies.get(op.arg_name)
             if strategy is None:
                 continue
             try:
-                checked.append((op, spelling, self._checked(op, owner, spelling, strategy)))
+                checked.append((op, self._checked(op, owner, strategy)))
             except ValueError as error:
                 yield error
         yield from self._tied_errors(owner, checked)
@@ -224,13 +224,13 @@ class OperatorPlan:
 
     def device_requirements(self, strategies):
         """The device count each set strategy needs (the size of its device matrix)."""
-        return [math.prod(_device_matrix(op, _normalized(op, strategies[op.arg_name][1])).values())
+        return [math.prod(_device_matrix(op, _normalized(op, strategies[op.arg_name])).values())
                 for op in self.ops if op.arg_name in strategies]
 
     def apply(self, given):
         """Set every strategy of ``given`` that is not None on its primitives, in the order the operators run."""
         for op in self.ops:
-            strategy = given.get(op.arg_name, (op.arg_name, None))[1]
+            strategy = given.get(op.arg_name)
             if strategy is not None:
                 op.apply(_normalized(op, strategy))
 
@@ -243,7 +243,7 @@ class DegreePlan:
         apply (Callable): sets the operators' strategies from the degrees, passed as keyword arguments.
 
     The degrees are positive ints that divide their axes' lengths; together they need their product of devices.
-    Strategies are passed as ``{arg_name: (arg_name, degree)}``.
+    Strategies are passed as ``{arg_name: degree}``.
     """
 
     def __init__(self, divides, apply):
@@ -273,7 +273,7 @@ class DegreePlan:
         degrees = {}
         for arg_name, dims in self.divides.items():
             try:
-                degrees[arg_name] = self._checked(owner, arg_name, strategies[arg_name][1], dims)
+                degrees[arg_name] = self._checked(owner, arg_name, strategies[arg_name], dims)
             except (TypeError, ValueError) as error:
                 yield error
         needed = math.prod(degrees.values())
@@ -285,10 +285,10 @@ class DegreePlan:
 
     def device_requirements(self, strategies):
         """The device count the degrees need together."""
-        return [math.prod(degree for _, degree in strategies.values())] if strategies else []
+        return [math.prod(strategies.values())] if strategies else []
 
     def apply(self, given):
-        self._apply(**{arg_name: degree for arg_name, (_, degree) in given.items()})
+        self._apply(**given)
 
 
 def strategy_arguments(arguments):
@@ -309,7 +309,7 @@ class ShardValidated:
         raise NotImplementedError(f"{type(self).__name__} must describe its operators in _shard_plan().")
 
     def _accepted_strategies(self):
-        """``{arg_name: (spelling, strategy)}`` for every strategy set so far."""
+        """``{arg_name: strategy}`` for every strategy set so far."""
         return getattr(self, "_mindpet_accepted_strategies", {})
 
     def _accept_strategies(self, strategies):
@@ -328,7 +328,7 @@ class ShardValidated:
                 logger.warning("For '%s', the argument '%s' is ignored because %s (got %r).", owner, arg_name,
                                absent[arg_name], strategy)
                 continue
-            given[arg_name] = (arg_name, plain_ints(strategy))
+            given[arg_name] = plain_ints(strategy)
         merged = plan.merge(self._accepted_strategies(), given)
         error = next(plan.errors(owner, merged, configured_device_num()), None)
         if error is not None:
@@ -360,5 +360,4 @@ def check_cell_strategies(cell, device_num=None):
     plan = cell._shard_plan()
     accepted = cell._accepted_strategies()
     errors = tuple(plan.errors(type(cell).__name__, accepted, device_num))
-    strategies = {spelling: strategy for spelling, strategy in accepted.values()}
-    return CellShardCheck(strategies, errors, math.lcm(*plan.device_requirements(accepted)))
+    return CellShardCheck(dict(accepted), errors, math.lcm(*plan.device_requirements(accepted)))
