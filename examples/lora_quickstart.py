@@ -18,8 +18,9 @@ from mindspore import Tensor, nn
 from mindspore.dataset import NumpySlicesDataset
 from mindspore.train import CheckpointConfig, LossMonitor, Model, TimeMonitor
 
+from mindpet import (TrainableParamsCheckPoint, freeze_delta, load_base_checkpoint, load_delta_checkpoint,
+                     trainable_summary)
 from mindpet.delta import LoRADense
-from mindpet.graph import TrainableParamsCheckPoint, freeze_delta, load_delta_checkpoint
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 32, 128, 4
 
@@ -79,13 +80,10 @@ def main():
     split = args.samples * 3 // 4
 
     net = lora_mlp(args.rank)
-    not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(base_ckpt))
-    print(f"Loaded the pretrained checkpoint; new (LoRA) parameters: {sorted(not_loaded)}")
+    # Every base weight must load; the LoRA parameters are new, and load_base_checkpoint does not count them missing.
+    load_base_checkpoint(net, base_ckpt)
     trainable = freeze_delta(net, mode="lora", exclude=["*head*"])
-    total = sum(p.size for p in net.get_parameters())
-    trainable_size = sum(p.size for p in net.trainable_params())
-    print(f"Trainable: {trainable_size:,} of {total:,} parameters ({100.0 * trainable_size / total:.2f}%): "
-          f"{trainable}")
+    print(f"{trainable_summary(net)}: {trainable}")
 
     start = mean_squared_error(net, x[split:], y[split:])
     dataset = NumpySlicesDataset({"x": x[:split], "y": y[:split]}, shuffle=True).batch(32)
@@ -101,7 +99,7 @@ def main():
 
     delta_file = checkpoint.latest_ckpt_file_name
     fresh = lora_mlp(args.rank)
-    ms.load_param_into_net(fresh, ms.load_checkpoint(base_ckpt))
+    load_base_checkpoint(fresh, base_ckpt)
     freeze_delta(fresh, mode="lora", exclude=["*head*"])
     load_delta_checkpoint(fresh, delta_file)
     reloaded = mean_squared_error(fresh, x[split:], y[split:])

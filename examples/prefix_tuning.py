@@ -20,8 +20,9 @@ from mindspore import Tensor, nn
 from mindspore.dataset import NumpySlicesDataset
 from mindspore.train import CheckpointConfig, LossMonitor, Model
 
+from mindpet import (TrainableParamsCheckPoint, freeze_delta, load_base_checkpoint, load_delta_checkpoint,
+                     trainable_summary)
 from mindpet.delta import PrefixLayer
-from mindpet.graph import TrainableParamsCheckPoint, freeze_delta, load_delta_checkpoint
 from tiny_decoder import (HIDDEN_SIZE, NUM_HEADS, NUM_LAYERS, TinyDecoder, TinyDecoderWithPTuning2,
                           TokenCrossEntropy, cycle_task, mean_token_loss)
 
@@ -60,13 +61,9 @@ def pretrain(path, samples, epochs):
 
 def fine_tune(method, base_ckpt, output_dir, samples, epochs):
     net = build(method)
-    not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(base_ckpt))
-    print(f"\n[{method}] loaded the pretrained checkpoint; new parameters: {sorted(not_loaded)}")
+    load_base_checkpoint(net, base_ckpt)   # the prefix parameters are new: not counted as missing
     trainable = freeze_delta(net, mode=method)
-    total = sum(param.size for param in net.get_parameters())
-    trainable_size = sum(param.size for param in net.trainable_params())
-    print(f"[{method}] trainable: {trainable_size:,} of {total:,} parameters ({100.0 * trainable_size / total:.2f}%) "
-          f"in {len(trainable)} tensors")
+    print(f"\n[{method}] {trainable_summary(net)} in {len(trainable)} tensors")
 
     input_ids, labels = cycle_task(samples, DOWNSTREAM_SEED)
     start = mean_token_loss(net, input_ids, labels)
@@ -83,7 +80,7 @@ def fine_tune(method, base_ckpt, output_dir, samples, epochs):
 
     delta_file = checkpoint.latest_ckpt_file_name
     fresh = build(method)
-    ms.load_param_into_net(fresh, ms.load_checkpoint(base_ckpt))
+    load_base_checkpoint(fresh, base_ckpt)
     freeze_delta(fresh, mode=method)
     load_delta_checkpoint(fresh, delta_file)
     probe = Tensor(input_ids[:BATCH_SIZE])
