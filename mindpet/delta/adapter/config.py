@@ -12,10 +12,7 @@ class AdapterConfig(DeltaConfig):
     :class:`~mindpet.delta.AdapterDense` holding the layer's own ``weight`` and ``bias``, its activation and dtypes.
 
     Args:
-        target_modules (Union[list[str], str]): the layers to adapt (see
-            :class:`~mindpet.delta.base.config.DeltaConfig`).
-        exclude_modules (Union[list[str], str], optional): layers never adapted. Default: ``None``.
-        modules_to_save (list[str], optional): cells trained and saved beside the delta. Default: ``None``.
+{targeting_arguments}
         bottleneck_size (int): the adapter's inner width. Default: ``64``.
         non_linearity (str): the activation between the projections. Default: ``'gelu'``.
 

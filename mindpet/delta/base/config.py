@@ -8,6 +8,14 @@ from mindpet.utils.logger import logger
 from mindpet.utils.validation import argument_error
 
 
+# The targeting fields in the Args of every method's config (``{targeting_arguments}`` in its docstring).
+_TARGETING_ARGUMENTS = """\
+        target_modules (Union[list[str], str]): the layers to adapt (see
+            :class:`~mindpet.delta.base.config.DeltaConfig`).
+        exclude_modules (Union[list[str], str], optional): layers never adapted. Default: ``None``.
+        modules_to_save (list[str], optional): cells trained and saved beside the delta. Default: ``None``."""
+
+
 @dataclasses.dataclass
 class DeltaConfig:
     """What a delta method is applied to, and with which hyperparameters.
@@ -33,6 +41,12 @@ class DeltaConfig:
     """
 
     method: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        # Every method's config takes the targeting fields: their description is written once, here.
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__:
+            cls.__doc__ = cls.__doc__.replace("{targeting_arguments}", _TARGETING_ARGUMENTS)
 
     target_modules: Union[List[str], str, None] = None
     exclude_modules: Union[List[str], str, None] = None

@@ -29,10 +29,7 @@ class LoraConfig(DeltaConfig):
     layer's own ``weight`` and ``bias``, its activation and its dtypes.
 
     Args:
-        target_modules (Union[list[str], str]): the layers to adapt (see
-            :class:`~mindpet.delta.base.config.DeltaConfig`).
-        exclude_modules (Union[list[str], str], optional): layers never adapted. Default: ``None``.
-        modules_to_save (list[str], optional): cells trained and saved beside the delta. Default: ``None``.
+{targeting_arguments}
         lora_rank (int): the rank of each update. Default: ``8``.
         lora_alpha (Union[int, float]): the scale numerator; the update is multiplied by ``lora_alpha / lora_rank``.
             Default: ``16``.

@@ -13,10 +13,7 @@ class LowRankAdapterConfig(DeltaConfig):
     dtypes.
 
     Args:
-        target_modules (Union[list[str], str]): the layers to adapt (see
-            :class:`~mindpet.delta.base.config.DeltaConfig`).
-        exclude_modules (Union[list[str], str], optional): layers never adapted. Default: ``None``.
-        modules_to_save (list[str], optional): cells trained and saved beside the delta. Default: ``None``.
+{targeting_arguments}
         reduction_factor (int): the bottleneck is ``out_channels // reduction_factor`` wide. Default: ``1``.
         low_rank_size (int): the rank of each projection's factors. Default: ``1``.
         low_rank_w_init (str): the initializer name of the factors. Default: ``'xavier_uniform'``.
