@@ -53,9 +53,16 @@ class DenseCore(MixedPrecisionCell):
         input_dtype = x.dtype
         return self._restore(self._activate(self._dense(self._to_compute(x))), input_shape, input_dtype)
 
+    def _base_weight(self):
+        """The frozen weight ``(out_channels, in_channels)`` in the compute dtype, as :meth:`_dense` multiplies it.
+
+        A cell whose base weight is stored another way (quantized, for example) overrides this one method.
+        """
+        return self._compute_param(self.weight)
+
     def _dense(self, x):
         """``x W^T + b`` on a 2-D input already in the compute dtype."""
-        y = self.matmul(x, self._compute_param(self.weight))
+        y = self.matmul(x, self._base_weight())
         if self.has_bias:
             y = self.bias_add(y, self._compute_param(self.bias))
         return y
