@@ -406,7 +406,7 @@ def check_fingerprint(files, cells_by_path, map_in, owner):
         cell_path = map_in(module)
         found = base_fingerprint(cells_by_path[cell_path]) if cell_path in cells_by_path else None
         if found != recorded[weight_path]:
-            what = "no such layer" if cell_path not in cells_by_path else found
+            what = "no such layer (is 'key_map' right?)" if cell_path not in cells_by_path else found
             raise ValueError(f"For '{owner}', the base network does not match the one the delta in "
                              f"{quote_value(files.directory)} was made on: the first differing weight is "
                              f"{quote_value(join_path(cell_path, 'weight'))} (file: {quote_value(weight_path)}), "
@@ -456,6 +456,11 @@ def _prepare_cells(network, files, method, entries, owner):
     file_modules = {entry.module: entry.file_module for entry in entries if entry.is_delta}
     if not method.cell_types:
         return None
+    holding = [path for path in file_modules if method_of_cell(cells_by_path.get(path)) is method]
+    if not holding and (fmt.from_json is None or not method.injectable):
+        raise ValueError(f"For '{owner}', the network holds no {method.name} cell at "
+                         f"{quote_names(sorted(file_modules))}, and {method.name} is applied in the model source, not "
+                         f"injected: build the network with its cells at those paths, then load.")
     absent = sorted(path for path in file_modules if path not in cells_by_path)
     if absent:
         raise ValueError(f"For '{owner}', the delta in {quote_value(files.directory)} adapts layers the network does "
@@ -466,7 +471,6 @@ def _prepare_cells(network, files, method, entries, owner):
                    for path, file_module in file_modules.items()}
     except KeyError as err:
         raise ValueError(f"For '{owner}', {source} lacks the field {err} that {method.name} needs.") from err
-    holding = [path for path in targets if method_of_cell(cells_by_path[path]) is method]
     if len(holding) == len(targets):
         mismatch = _settings_mismatch(fmt, targets, cells_by_path) if fmt.cell_settings else None
         if mismatch:
@@ -481,10 +485,6 @@ def _prepare_cells(network, files, method, entries, owner):
         raise ValueError(f"For '{owner}', the network holds {method.name} cells at some of the layers the delta "
                          f"adapts but not at {quote_names(lacking)}; load into a base network with none of them, or "
                          f"one with all of them.")
-    if fmt.from_json is None or not method.injectable:
-        raise ValueError(f"For '{owner}', the network holds no {method.name} cell at {quote_names(sorted(targets))}, "
-                         f"and {method.name} is applied in the model source, not injected: build the network with its "
-                         f"cells at those paths, then load.")
     saved_modules = sorted({entry.module for entry in entries if not entry.is_delta and entry.module})
     try:
         config = fmt.from_json(files.fields, targets, saved_modules)
