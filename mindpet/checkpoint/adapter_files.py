@@ -163,7 +163,6 @@ def delta_file_contents(network, key_map, owner):
         tuple(dict, dict[str, numpy.ndarray], dict[str, str], set[str]): the config, the tensors by file key, the
         safetensors metadata, and the keys to store as bfloat16.
     """
-    import mindpet  # pylint: disable=import-outside-toplevel; the package imports this module
     delta = find_delta(network, owner)
     fmt = delta.method.adapter_format
     map_out = path_mapper(key_map, owner)
@@ -187,10 +186,17 @@ def delta_file_contents(network, key_map, owner):
     fields["modules_to_save"] = sorted({map_out(tensor.module) for tensor in delta.saved}) or None
     fingerprint = {join_path(path, "weight"): base_fingerprint(cell) for path, cell in sorted(file_cells.items())
                    if base_fingerprint(cell) is not None}
+    return fields, tensors, adapter_metadata(fingerprint), bfloat16_keys
+
+
+def adapter_metadata(fingerprint):
+    """The safetensors metadata of an adapter file: format and versions, and the base fingerprint when known."""
+    import mindpet  # pylint: disable=import-outside-toplevel; the package imports this module
     metadata = {META_FORMAT: FORMAT_NAME, META_FORMAT_VERSION: FORMAT_VERSION,
-                META_MINDPET_VERSION: mindpet.__version__, META_MINDSPORE_VERSION: ms.__version__,
-                META_FINGERPRINT: json.dumps(fingerprint, sort_keys=True)}
-    return fields, tensors, metadata, bfloat16_keys
+                META_MINDPET_VERSION: mindpet.__version__, META_MINDSPORE_VERSION: ms.__version__}
+    if fingerprint is not None:
+        metadata[META_FINGERPRINT] = json.dumps(fingerprint, sort_keys=True)
+    return metadata
 
 
 def _check_replaceable(directory, owner):

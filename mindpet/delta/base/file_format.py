@@ -60,6 +60,9 @@ class AdapterFormat:
             fields, is reported once in a warning.
         required_values (Mapping[str, object]): JSON fields that mindpet cannot honour unless they hold this value
             (e.g. PEFT's ``fan_in_fan_out``: ``False``); another value is refused rather than misread.
+        fold (Callable, optional): ``fold(weight, tensors, settings) -> weight``, the base ``weight`` (float32
+            NumPy, ``(out, in)``) with the delta of one module folded in; ``tensors`` are its delta tensors by cell
+            name, ``settings`` what `target_settings` gave. ``mindpet merge`` uses it; None: not mergeable from files.
     """
 
     peft_type: str
@@ -71,6 +74,12 @@ class AdapterFormat:
     cell_settings: Optional[Callable] = None
     json_keys: frozenset = frozenset()
     required_values: Mapping = dataclasses.field(default_factory=dict)
+    fold: Optional[Callable] = None
+
+    @property
+    def foldable(self):
+        """Whether ``mindpet merge`` can fold the delta into a base checkpoint without the model source."""
+        return self.fold is not None
 
     def file_name(self, local):
         """The file's name of the cell parameter ``local``."""

@@ -7,10 +7,14 @@ PEFT (0.21.2 checked) writes ``peft_type: "LORA"``, ``r``, ``lora_alpha``, ``lor
 mindpet's ``mindpet_delta_lora_a``, ``mindpet_delta_lora_b`` and ``mindpet_delta_lora_magnitude``.
 """
 import dataclasses
+import math
 import re
+
+import numpy as np
 
 from mindpet.delta.base.file_format import PEFT_KEY_PREFIX, AdapterFormat, TensorName
 from mindpet.delta.lora.config import LoraConfig
+from mindpet.injection.targeting import pattern_value
 
 # The LoRA variants of PEFT's JSON; each is read only when LoraConfig has a field of that name, and refused when set
 # otherwise (a variant this version cannot compute must not load as plain LoRA).
@@ -41,24 +45,41 @@ def peft_pattern_value(patterns, path, default):
     return default
 
 
+def _cell_or_config(config, path, cell):
+    """``(rank, alpha, dropout)`` of the module at ``path``: from its cell, or from the config alone (``cell`` None,
+    as when ``mindpet convert`` writes a file with no network)."""
+    if cell is not None:
+        return cell.lora_rank, cell.lora_alpha, cell.lora_dropout_rate
+    return (pattern_value(config.rank_pattern, path, config.lora_rank),
+            pattern_value(config.alpha_pattern, path, config.lora_alpha), config.lora_dropout)
+
+
 def _to_json(config, cells):
-    """PEFT's fields; rank and alpha per adapted module (``cells``: ``{file path: LoRADense}``) become exact
+    """PEFT's fields; rank and alpha per adapted module (``cells``: ``{file path: LoRADense or None}``) become exact
     ``rank_pattern`` / ``alpha_pattern`` entries where they differ from the config's (or the first cell's)."""
-    first = next(iter(cells.values()))
-    rank = config.lora_rank if config is not None else first.lora_rank
-    alpha = config.lora_alpha if config is not None else first.lora_alpha
-    fields = {"r": rank, "lora_alpha": alpha,
-              "lora_dropout": config.lora_dropout if config is not None else first.lora_dropout_rate,
-              "rank_pattern": {re.escape(path): cell.lora_rank for path, cell in cells.items()
-                               if cell.lora_rank != rank},
-              "alpha_pattern": {re.escape(path): cell.lora_alpha for path, cell in cells.items()
-                                if cell.lora_alpha != alpha},
+    settings = {path: _cell_or_config(config, path, cell) for path, cell in cells.items()}
+    first_rank, first_alpha, first_dropout = next(iter(settings.values()))
+    rank = config.lora_rank if config is not None else first_rank
+    alpha = config.lora_alpha if config is not None else first_alpha
+    fields = {"r": rank, "lora_alpha": alpha, "lora_dropout": config.lora_dropout if config is not None else first_dropout,
+              "rank_pattern": {re.escape(path): value[0] for path, value in settings.items() if value[0] != rank},
+              "alpha_pattern": {re.escape(path): value[1] for path, value in settings.items() if value[1] != alpha},
               "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
               "task_type": None, "base_model_name_or_path": None, "revision": None, "layers_to_transform": None,
               "layers_pattern": None}
+    source = next(iter(cells.values())) or config
     for name in _VARIANTS:
-        fields[name] = bool(getattr(first, name, False))
+        fields[name] = bool(getattr(source, name, False))
     return fields
+
+
+def _fold(weight, tensors, settings):
+    """``W + (lora_alpha / r) B A`` (``lora_alpha / sqrt(r)`` with rsLoRA) in float32; ``tensors`` by cell name."""
+    rank = settings["lora_rank"]
+    scale = settings["lora_alpha"] / (math.sqrt(rank) if settings.get("use_rslora") else rank)
+    if settings.get("use_dora"):
+        raise ValueError("folding DoRA needs the magnitude rule, which this version of mindpet lacks")
+    return weight + np.float32(scale) * (tensors["mindpet_delta_lora_b"] @ tensors["mindpet_delta_lora_a"])
 
 
 def _target_settings(fields, file_path):
@@ -89,4 +110,4 @@ LORA_FORMAT = AdapterFormat(
                   TensorName("mindpet_delta_lora_b", "lora_B.weight"),
                   TensorName("mindpet_delta_lora_magnitude", "lora_magnitude_vector")),
     to_json=_to_json, from_json=_from_json, target_settings=_target_settings, cell_settings=_cell_settings,
-    json_keys=_JSON_KEYS, required_values=_REQUIRED_VALUES)
+    json_keys=_JSON_KEYS, required_values=_REQUIRED_VALUES, fold=_fold)
