@@ -11,10 +11,12 @@ import textwrap
 import numpy as np
 import pytest
 import mindspore as ms
+import mindspore.dataset  # noqa: F401  (ms.dataset in the callback test)
 from mindspore import nn
 
 from injection_models import TinyNet, hand_written
-from mindpet import AdapterConfig, LoraConfig, LowRankAdapterConfig, freeze_delta, get_delta_model, load_delta, save_delta
+from mindpet import (AdapterConfig, LoraConfig, LowRankAdapterConfig, TrainableParamsCheckPoint, freeze_delta,
+                     get_delta_model, load_delta, save_delta)
 from mindpet.checkpoint import adapter_files
 from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.atomic import STAGING_PREFIX, remove_stale_staging_dirs
@@ -324,3 +326,27 @@ def test_a_save_killed_midway_leaves_no_directory(tmp_path):
     assert leftovers and sorted(os.path.basename(p) for p in remove_stale_staging_dirs(str(tmp_path))) == leftovers
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_delta(_tiny(), folder)
+
+
+def test_trainable_params_checkpoint_writes_the_adapter_directory(tmp_path):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        net = get_delta_model(_tiny(), LoraConfig(target_modules=["q_proj"], lora_rank=2, lora_alpha=4))
+        rng = np.random.default_rng(0)
+        data = {"x": rng.normal(size=(8, 5, 16)).astype(np.float32), "y": rng.integers(0, 3, (8,)).astype(np.int32)}
+        dataset = ms.dataset.NumpySlicesDataset(data, shuffle=False).batch(4)
+        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        model = ms.train.Model(net, loss, nn.Adam(net.trainable_params(), 0.05))
+        callback = TrainableParamsCheckPoint(prefix="delta", directory=str(tmp_path), save_adapter=True,
+                                             config=ms.train.CheckpointConfig(save_checkpoint_steps=1))
+        model.train(1, dataset, callbacks=[callback], dataset_sink_mode=False)
+        assert sorted(os.listdir(tmp_path)) == ["delta-1_1.ckpt", "delta-1_2.ckpt", "delta_adapter"]
+        assert np.abs(net.layers[0].attn.q_proj.mindpet_delta_lora_b.asnumpy()).max() > 0
+        fresh = _tiny()
+        load_delta(fresh, str(tmp_path / "delta_adapter"))
+        x = _input("lora")
+        np.testing.assert_allclose(fresh(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-5)
+        with pytest.raises(TypeError, match="save_adapter"):
+            TrainableParamsCheckPoint(directory=str(tmp_path), save_adapter="yes")
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)

@@ -140,20 +140,28 @@ def find_delta(network, owner):
         raise ValueError(f"For '{owner}', the network holds deltas of several methods {methods}; an adapter "
                          f"directory holds one method, as in PEFT.")
     method = found[0][2]
-    tensors = [DeltaTensor(path, local, param) for path, cell, _ in found
-               for local, param in cell.parameters_and_names() if method.owns_parameter(param.name)]
+    tensors, cells = [], {}
+    for path, cell, _ in found:
+        owned = [(local, param) for local, param in cell.parameters_and_names() if method.owns_parameter(param.name)]
+        # A parameter is named by its path in the user's network, also when `network` wraps it (a training cell).
+        local, param = owned[0]
+        module = param.name[:-len(local)].rstrip(".") if param.name.endswith(local) else path
+        cells[module] = cell
+        tensors.extend(DeltaTensor(module, local, param) for local, param in owned)
     delta_ids = {id(tensor.param) for tensor in tensors}
     saved = [DeltaTensor(*param.name.rpartition(".")[::2], param) for param in trained_parameters(network)
              if id(param) not in delta_ids]
-    config = (getattr(network, CONFIGS_ATTR, None) or {}).get(method.name)
-    return NetworkDelta(method, config, {path: cell for path, cell, _ in found}, tensors, saved)
+    configs = next((getattr(cell, CONFIGS_ATTR) for _, cell in network.cells_and_names()
+                    if getattr(cell, CONFIGS_ATTR, None)), {})
+    return NetworkDelta(method, configs.get(method.name), cells, tensors, saved)
 
 
 def _numpy_of(param):
     """The parameter's values as NumPy, and whether they are bfloat16 (which NumPy lacks; written as BF16)."""
+    # A copy: asnumpy() can alias the parameter, which the next training step updates in place.
     if param.dtype == mstype.bfloat16:
-        return param.astype(mstype.float32).asnumpy(), True
-    return param.asnumpy(), False
+        return param.astype(mstype.float32).asnumpy().copy(), True
+    return param.asnumpy().copy(), False
 
 
 def delta_file_contents(network, key_map, owner):
