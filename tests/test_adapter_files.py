@@ -20,7 +20,7 @@ from mindpet import (AdapterConfig, LoraConfig, LowRankAdapterConfig, TrainableP
 from mindpet.checkpoint import adapter_files
 from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.atomic import STAGING_PREFIX, remove_stale_staging_dirs
-from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors
+from mindpet.checkpoint.safetensors_file import SafetensorsError, read_safetensors, write_safetensors
 from mindpet.delta import LoRADense, PrefixEncoder, PrefixLayer
 from mindpet.registry import METHODS, method_of_cell
 
@@ -350,3 +350,37 @@ def test_trainable_params_checkpoint_writes_the_adapter_directory(tmp_path):
             TrainableParamsCheckPoint(directory=str(tmp_path), save_adapter="yes")
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def test_float16_delta_round_trip(tmp_path):
+    ms.set_seed(0)
+    trained = get_delta_model(nn.SequentialCell([nn.Dense(8, 6, dtype=ms.float16)]),
+                              LoraConfig(target_modules=["0"], lora_rank=2, lora_alpha=4))
+    _randomize(trained.trainable_params(), seed=4)
+    folder = save_delta(trained, str(tmp_path / "adapter"))
+    tensors, _ = read_safetensors(os.path.join(folder, WEIGHTS_FILE))
+    assert {value.dtype for value in tensors.values()} == {np.dtype(np.float16)}
+    ms.set_seed(0)
+    fresh = nn.SequentialCell([nn.Dense(8, 6, dtype=ms.float16)])
+    load_delta(fresh, folder)
+    assert fresh[0].mindpet_delta_lora_b.dtype == ms.float16
+    x = ms.Tensor(np.ones((2, 8)), ms.float16)
+    np.testing.assert_array_equal(fresh(x).asnumpy(), trained(x).asnumpy())
+
+
+def test_safetensors_file_bfloat16_and_truncation(tmp_path):
+    path = str(tmp_path / "t.safetensors")
+    values = np.array([1.0, -2.5, 3.140625, 1e-3], np.float32)
+    write_safetensors(path, {"a": values, "b": np.arange(6, dtype=np.int32).reshape(2, 3)}, {"k": "v"},
+                      bfloat16_names=["a"])
+    tensors, metadata = read_safetensors(path)
+    assert metadata == {"k": "v"} and tensors["b"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    # bfloat16 keeps 8 significant bits: exact for the first three, rounded to nearest for 1e-3.
+    np.testing.assert_array_equal(tensors["a"][:3], values[:3])
+    assert abs(tensors["a"][3] - 1e-3) <= 1e-3 * 2 ** -8
+    with open(path, "rb") as file:
+        data = file.read()
+    with open(path, "wb") as file:
+        file.write(data[:-4])
+    with pytest.raises(SafetensorsError, match=r"t.safetensors' is not a valid safetensors file.*truncated"):
+        read_safetensors(path)
