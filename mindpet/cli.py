@@ -2,8 +2,9 @@
 
 - ``mindpet inspect PATH``: an adapter directory, a ``.ckpt`` or a ``.safetensors`` file: its config, tensors and counts.
 - ``mindpet merge --base BASE --delta DIR --out FILE``: folds a mergeable adapter into a base checkpoint, in float32.
-- ``mindpet convert SRC DST --method M [hyperparameters]``: a MindPet 1.0.4 / ``TrainableParamsCheckPoint`` delta
-  checkpoint to an adapter directory.
+- ``mindpet convert SRC DST --method M [hyperparameters] [--key-map OLD=NEW]``: a MindPet 1.0.4 /
+  ``TrainableParamsCheckPoint`` delta checkpoint to an adapter directory; or, SRC being an adapter directory, the
+  same adapter under other module paths.
 
 Exit status: 0 on success, 2 on bad usage, 1 on a failure, with one line on stderr naming the argument or file.
 """
@@ -19,6 +20,7 @@ from mindspore import Tensor
 from mindspore.train import CheckpointConfig
 
 from mindpet.checkpoint.adapter_files import (
+    AdapterFiles,
     adapter_metadata,
     check_fields,
     join_path,
@@ -26,6 +28,7 @@ from mindpet.checkpoint.adapter_files import (
     path_mapper,
     place_entries,
     read_adapter_directory,
+    remap_adapter,
     write_adapter_directory,
 )
 from mindpet.checkpoint.atomic import save_atomically
@@ -167,8 +170,10 @@ def _parse_value(text):
         return text
 
 
-def convert(args):
-    owner = "mindpet convert"
+def _checkpoint_adapter(args, owner):
+    """The adapter files of a MindPet delta checkpoint, with the hyperparameters given on the command line."""
+    if args.method is None:
+        raise UsageError("argument --method: required when SRC is a checkpoint file")
     try:
         method = get_method(args.method, "--method", owner)
     except ValueError as err:
@@ -188,11 +193,8 @@ def convert(args):
     if not modules:
         raise _fail(f"'{args.src}' holds no {method.name} parameter (names with a 'mindpet_delta_{method.name}' "
                     f"component); is --method right?")
-    values = {}
-    for field in _config_fields(method):
-        text = getattr(args, field.name, None)
-        if text is not None:
-            values[field.name] = _parse_value(text)
+    values = {field.name: _parse_value(getattr(args, field.name)) for field in _config_fields(method)
+              if getattr(args, field.name, None) is not None}
     try:
         config = method.config_class(target_modules=sorted(modules),
                                      modules_to_save=sorted({n.rpartition(".")[0] for n in saved}) or None, **values)
@@ -208,11 +210,28 @@ def convert(args):
         file_tensors[fmt.key_prefix + name] = value
     fields = {"peft_type": fmt.peft_type, **(fmt.to_json(config, {m: None for m in modules}) if fmt.to_json else {}),
               "target_modules": sorted(modules), "modules_to_save": config.modules_to_save}
+    # No base network is at hand, so the file has no fingerprint; load_delta checks the tensor shapes.
+    return method, AdapterFiles(args.src, fields, file_tensors, adapter_metadata(fingerprint=None))
+
+
+def convert(args):
+    owner = "mindpet convert"
+    key_map = _parse_key_map(args.key_map)
     if os.path.exists(args.dst):
         raise UsageError(f"argument DST: '{args.dst}' already exists")
-    # No base network is at hand, so the file has no fingerprint; load_delta checks the tensor shapes.
-    write_adapter_directory(args.dst, fields, file_tensors, adapter_metadata(fingerprint=None))
-    print(f"wrote {len(file_tensors)} tensors of {method.name} ({len(modules)} modules) to '{args.dst}'")
+    if os.path.isdir(args.src):
+        if key_map is None:
+            raise UsageError("argument --key-map: required when SRC is an adapter directory (it is what changes)")
+        files = read_adapter_directory(args.src, owner)
+        method = method_of_peft_type(files.fields["peft_type"], owner, f"'{args.src}'")
+    else:
+        method, files = _checkpoint_adapter(args, owner)
+    fields, tensors, metadata = files.fields, files.tensors, files.metadata
+    if key_map is not None:
+        fields, tensors, metadata = remap_adapter(files, method, path_mapper(key_map, owner), owner)
+    write_adapter_directory(args.dst, fields, tensors, metadata)
+    print(f"wrote {len(tensors)} tensors of {method.name} ({len(fields['target_modules'])} modules) to "
+          f"'{args.dst}'")
     return EXIT_OK
 
 
@@ -229,10 +248,13 @@ def build_parser():
     merge_parser.add_argument("--key-map", action="append", metavar="OLD=NEW",
                               help="map the adapter's module path prefix OLD to the base's NEW (repeatable)")
     merge_parser.set_defaults(run=merge)
-    convert_parser = commands.add_parser("convert", help="a MindPet delta checkpoint to an adapter directory")
-    convert_parser.add_argument("src", metavar="SRC", help="the delta .ckpt or .safetensors")
+    convert_parser = commands.add_parser("convert", help="a MindPet delta checkpoint to an adapter directory, or an "
+                                                         "adapter directory to another key map")
+    convert_parser.add_argument("src", metavar="SRC", help="the delta .ckpt or .safetensors, or an adapter directory")
     convert_parser.add_argument("dst", metavar="DST", help="the adapter directory to create")
-    convert_parser.add_argument("--method", required=True, help="the method that made SRC, e.g. lora")
+    convert_parser.add_argument("--method", help="the method that made SRC (a checkpoint), e.g. lora")
+    convert_parser.add_argument("--key-map", action="append", metavar="OLD=NEW",
+                                help="map module path prefix OLD to NEW in the output (repeatable)")
     seen = set()
     for method in METHODS:
         for field in _config_fields(method) if method.config_class else ():

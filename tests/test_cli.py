@@ -169,3 +169,20 @@ def test_python_dash_m_mindpet(lora_files):
                           check=False)
     assert done.returncode == EXIT_USAGE and done.stderr.strip().startswith("mindpet: error:")
     assert "Traceback" not in done.stderr
+
+
+def test_convert_between_key_maps(lora_files, capsys):
+    folder, adapter, trained = lora_files
+    moved = str(folder / "moved")
+    status, out, _ = _run(["convert", adapter, moved, "--key-map", "layers=model.blocks"], capsys)
+    assert status == EXIT_OK and "wrote 10 tensors of lora (4 modules)" in out
+    status, out, _ = _run(["inspect", moved], capsys)
+    assert "base_model.model.model.blocks.1.mlp.1.lora_B.weight" in out and "base_model.model.head.weight" in out
+    assert '{"model\\\\.blocks\\\\.0\\\\.mlp\\\\.1": 3' in out and "model.blocks.0.attn.q_proj.weight" in out
+    fresh = _tiny()
+    load_delta(fresh, moved, key_map={"model.blocks": "layers"})
+    np.testing.assert_allclose(fresh(_x()).asnumpy(), trained(_x()).asnumpy(), rtol=1e-5, atol=1e-5)
+    status, _, err = _run(["convert", adapter, str(folder / "same")], capsys)
+    assert status == EXIT_USAGE and "--key-map" in err
+    status, _, err = _run(["convert", str(folder / "base.ckpt"), str(folder / "same")], capsys)
+    assert status == EXIT_USAGE and "--method" in err

@@ -9,6 +9,7 @@ version meets a JSON key it does not know. How each method names its fields and 
 """
 import json
 import os
+import re
 import shutil
 from typing import NamedTuple
 
@@ -410,6 +411,44 @@ def place_entries(files, method, map_in):
         local = fmt.local_name(file_local) if is_delta else file_local
         entries.append(_Entry(key, join_path(module, local), file_module, module, local, is_delta))
     return entries
+
+
+def _remap_pattern_key(key, mapper):
+    """A pattern key that is an exact (escaped) path, mapped; any other regular expression as it is."""
+    path = re.sub(r"\\(.)", r"\1", key)
+    return re.escape(mapper(path)) if re.escape(path) == key else key
+
+
+def remap_adapter(files, method, mapper, owner):
+    """The fields, tensors and metadata of the adapter ``files`` with every module path mapped by ``mapper``: the
+    tensor keys, ``target_modules`` and ``modules_to_save`` lists, exact-path keys of the pattern fields and the
+    fingerprint.
+
+    Raises:
+        ValueError: two tensors map to one key.
+    """
+    fmt = method.adapter_format
+    tensors = {}
+    for key, value in files.tensors.items():
+        new_key = key
+        if key.startswith(fmt.key_prefix):
+            module, local, _ = _split_key(key[len(fmt.key_prefix):], method)
+            new_key = fmt.key_prefix + join_path(mapper(module), local)
+        if new_key in tensors:
+            raise ValueError(f"For '{owner}', two tensors map to the key {quote_value(new_key)}; check the key map.")
+        tensors[new_key] = value
+    fields = dict(files.fields)
+    for name in ("target_modules", "modules_to_save"):
+        if isinstance(fields.get(name), list):
+            fields[name] = sorted(mapper(path) for path in fields[name])
+    for name in fmt.pattern_fields:
+        fields[name] = {_remap_pattern_key(key, mapper): value for key, value in (fields.get(name) or {}).items()}
+    metadata = dict(files.metadata)
+    fingerprint = json.loads(metadata.get(META_FINGERPRINT) or "{}")
+    if fingerprint:
+        metadata[META_FINGERPRINT] = json.dumps({join_path(mapper(path.rpartition(".")[0]), "weight"): value
+                                                 for path, value in fingerprint.items()}, sort_keys=True)
+    return fields, tensors, metadata
 
 
 def check_fingerprint(files, cells_by_path, map_in, owner):

@@ -63,6 +63,8 @@ class AdapterFormat:
         fold (Callable, optional): ``fold(weight, tensors, settings) -> weight``, the base ``weight`` (float32
             NumPy, ``(out, in)``) with the delta of one module folded in; ``tensors`` are its delta tensors by cell
             name, ``settings`` what `target_settings` gave. ``mindpet merge`` uses it; None: not mergeable from files.
+        pattern_fields (tuple[str]): JSON fields that map a module path (or a regular expression) to a value, such
+            as LoRA's ``rank_pattern``; ``mindpet convert --key-map`` maps their exact-path keys with the tensors'.
     """
 
     peft_type: str
@@ -75,6 +77,7 @@ class AdapterFormat:
     json_keys: frozenset = frozenset()
     required_values: Mapping = dataclasses.field(default_factory=dict)
     fold: Optional[Callable] = None
+    pattern_fields: tuple = ()
 
     @property
     def foldable(self):

@@ -110,4 +110,5 @@ LORA_FORMAT = AdapterFormat(
                   TensorName("mindpet_delta_lora_b", "lora_B.weight"),
                   TensorName("mindpet_delta_lora_magnitude", "lora_magnitude_vector")),
     to_json=_to_json, from_json=_from_json, target_settings=_target_settings, cell_settings=_cell_settings,
-    json_keys=_JSON_KEYS, required_values=_REQUIRED_VALUES, fold=_fold)
+    json_keys=_JSON_KEYS, required_values=_REQUIRED_VALUES, fold=_fold,
+    pattern_fields=("rank_pattern", "alpha_pattern"))
