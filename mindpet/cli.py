@@ -1,6 +1,7 @@
 """The ``mindpet`` command (also ``python -m mindpet``): inspect, merge and convert delta files without model source.
 
-- ``mindpet inspect PATH``: an adapter directory, a ``.ckpt`` or a ``.safetensors`` file: its config, tensors and counts.
+- ``mindpet inspect PATH``: an adapter directory, a ``.ckpt`` or a ``.safetensors`` file: its config, tensors and
+  counts.
 - ``mindpet merge --base BASE --delta DIR --out FILE``: folds a mergeable adapter into a base checkpoint, in float32.
 - ``mindpet convert SRC DST --method M [hyperparameters] [--key-map OLD=NEW]``: a MindPet 1.0.4 /
   ``TrainableParamsCheckPoint`` delta checkpoint to an adapter directory; or, SRC being an adapter directory, the

@@ -8,15 +8,23 @@ import subprocess
 import sys
 import textwrap
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
-import mindspore.dataset  # noqa: F401  (ms.dataset in the callback test)
+from injection_models import TinyNet, hand_written
+from mindspore import dataset as ds
 from mindspore import nn
 
-from injection_models import TinyNet, hand_written
-from mindpet import (AdapterConfig, LoraConfig, LowRankAdapterConfig, TrainableParamsCheckPoint, freeze_delta,
-                     get_delta_model, load_delta, save_delta)
+from mindpet import (
+    AdapterConfig,
+    LoraConfig,
+    LowRankAdapterConfig,
+    TrainableParamsCheckPoint,
+    freeze_delta,
+    get_delta_model,
+    load_delta,
+    save_delta,
+)
 from mindpet.checkpoint import adapter_files
 from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.atomic import STAGING_PREFIX, remove_stale_staging_dirs
@@ -334,7 +342,7 @@ def test_trainable_params_checkpoint_writes_the_adapter_directory(tmp_path):
         net = get_delta_model(_tiny(), LoraConfig(target_modules=["q_proj"], lora_rank=2, lora_alpha=4))
         rng = np.random.default_rng(0)
         data = {"x": rng.normal(size=(8, 5, 16)).astype(np.float32), "y": rng.integers(0, 3, (8,)).astype(np.int32)}
-        dataset = ms.dataset.NumpySlicesDataset(data, shuffle=False).batch(4)
+        dataset = ds.NumpySlicesDataset(data, shuffle=False).batch(4)
         loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
         model = ms.train.Model(net, loss, nn.Adam(net.trainable_params(), 0.05))
         callback = TrainableParamsCheckPoint(prefix="delta", directory=str(tmp_path), save_adapter=True,

@@ -5,11 +5,11 @@ import re
 import subprocess
 import sys
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
-
 from injection_models import TinyNet
+
 from mindpet import AdapterConfig, LoraConfig, get_delta_model, load_delta, save_delta
 from mindpet.checkpoint.adapter_files import WEIGHTS_FILE
 from mindpet.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main

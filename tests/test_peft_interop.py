@@ -10,9 +10,9 @@ import json
 import os
 import warnings
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -21,6 +21,7 @@ peft = pytest.importorskip("peft")
 from bert.modeling import BertConfig, BertModel  # noqa: E402
 from bert.weights import BACKBONE_PREFIX, model_dir, model_file, read_pretrained  # noqa: E402
 from injection_models import TinyNet  # noqa: E402
+
 from mindpet import AdapterConfig, get_delta_model, load_delta, save_delta  # noqa: E402
 from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
 from mindpet.checkpoint.safetensors_file import read_safetensors  # noqa: E402

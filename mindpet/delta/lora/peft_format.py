@@ -61,7 +61,8 @@ def _to_json(config, cells):
     first_rank, first_alpha, first_dropout = next(iter(settings.values()))
     rank = config.lora_rank if config is not None else first_rank
     alpha = config.lora_alpha if config is not None else first_alpha
-    fields = {"r": rank, "lora_alpha": alpha, "lora_dropout": config.lora_dropout if config is not None else first_dropout,
+    dropout = config.lora_dropout if config is not None else first_dropout
+    fields = {"r": rank, "lora_alpha": alpha, "lora_dropout": dropout,
               "rank_pattern": {re.escape(path): value[0] for path, value in settings.items() if value[0] != rank},
               "alpha_pattern": {re.escape(path): value[1] for path, value in settings.items() if value[1] != alpha},
               "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
