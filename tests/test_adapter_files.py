@@ -392,3 +392,29 @@ def test_safetensors_file_bfloat16_and_truncation(tmp_path):
         file.write(data[:-4])
     with pytest.raises(SafetensorsError, match=r"t.safetensors' is not a valid safetensors file.*truncated"):
         read_safetensors(path)
+
+
+def test_cells_written_in_the_source_save_without_a_config(tmp_path, caplog):
+    # LoRA's file records rank and alpha read from the cells, so it injects into a base like an injected delta.
+    held = hand_written("lora", Q_PATHS)
+    _randomize([p for p in held.get_parameters() if "mindpet_delta" in p.name], seed=6)
+    with caplog.at_level(logging.WARNING, logger="mindpet"):
+        save_delta(held, str(tmp_path / "unfrozen"))
+    assert "30 trained parameters outside the lora delta are saved with it" in caplog.text
+    freeze_delta(held, "lora")
+    folder = save_delta(held, str(tmp_path / "lora"))
+    fresh = _tiny()
+    held_values = {param.name: param for param in held.get_parameters()}
+    for param in fresh.get_parameters():
+        param.set_data(held_values[param.name].data)  # the same pretrained base
+    load_delta(fresh, folder)
+    assert (fresh.layers[1].attn.q_proj.lora_rank, fresh.layers[1].attn.q_proj.lora_alpha) == (4, 8)
+    x = _input("lora")
+    np.testing.assert_allclose(fresh(x).asnumpy(), held(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    # An adapter's hyperparameters are not all in its cells: without a config it loads only where the cells are.
+    held = hand_written("adapter", ["layers.0.mlp.1"])
+    freeze_delta(held, "adapter")
+    folder = save_delta(held, str(tmp_path / "adapter"))
+    with pytest.raises(ValueError, match="lacks the field 'bottleneck_size': it records no config"):
+        load_delta(_tiny(), folder)
+    assert load_delta(hand_written("adapter", ["layers.0.mlp.1"]), folder).missing == []

@@ -25,6 +25,7 @@ from mindpet.checkpoint.selection import trained_parameters
 from mindpet.delta.base.file_format import PEFT_BOOKKEEPING_KEYS
 from mindpet.delta.base.mergeable import merged_cells
 from mindpet.injection.inject import CONFIGS_ATTR, get_delta_model
+from mindpet.injection.targeting import entry_matches
 from mindpet.injection.tree import replace_cells
 from mindpet.registry import METHODS, get_method, method_of_cell
 from mindpet.utils.logger import logger
@@ -154,7 +155,14 @@ def find_delta(network, owner):
              if id(param) not in delta_ids]
     configs = next((getattr(cell, CONFIGS_ATTR) for _, cell in network.cells_and_names()
                     if getattr(cell, CONFIGS_ATTR, None)), {})
-    return NetworkDelta(method, configs.get(method.name), cells, tensors, saved)
+    config = configs.get(method.name)
+    wanted = (config.modules_to_save if config is not None else None) or []
+    unasked = [t.param.name for t in saved if not any(entry_matches(entry, t.module) for entry in wanted)]
+    if unasked:
+        logger.warning("%s: %d trained parameters outside the %s delta are saved with it as modules to save: %s. "
+                       "Freeze them (freeze_delta) if they should not be.", owner, len(unasked), method.name,
+                       quote_names(unasked))
+    return NetworkDelta(method, config, cells, tensors, saved)
 
 
 def _numpy_of(param):
@@ -382,8 +390,9 @@ class _Entry(NamedTuple):
     is_delta: bool
 
 
-def _split_key(rest, method):
-    """``(module path, name in the file, is delta)`` of a file key without its prefix."""
+def _split_key(rest, method, saved_modules=None):
+    """``(module path, name in the file, is delta)`` of a file key without its prefix; ``saved_modules`` are the
+    file's ``modules_to_save``."""
     fmt = method.adapter_format
     for entry in fmt.tensor_names:
         if rest == entry.file or rest.endswith("." + entry.file):
@@ -393,7 +402,10 @@ def _split_key(rest, method):
         if part.startswith(DELTA_PREFIX):
             return ".".join(parts[:index]), ".".join(parts[index:]), True
     module, _, local = rest.rpartition(".")
-    return module, local, method.trains_pattern is not None and method.owns_parameter(rest)
+    # A parameter the method trains in place (BitFit's biases), unless it belongs to a saved module.
+    is_delta = (method.trains_pattern is not None and method.owns_parameter(rest)
+                and module not in (saved_modules or ()))
+    return module, local, is_delta
 
 
 def place_entries(files, method, map_in):
@@ -405,8 +417,7 @@ def place_entries(files, method, map_in):
         if not key.startswith(fmt.key_prefix):
             entries.append(_Entry(key, key, "", "", key, False))
             continue
-        file_module, file_local, is_delta = _split_key(key[len(fmt.key_prefix):], method)
-        is_delta = is_delta and file_module not in saved_modules
+        file_module, file_local, is_delta = _split_key(key[len(fmt.key_prefix):], method, saved_modules)
         module = map_in(file_module)
         local = fmt.local_name(file_local) if is_delta else file_local
         entries.append(_Entry(key, join_path(module, local), file_module, module, local, is_delta))
