@@ -107,28 +107,43 @@ def base_fingerprint(cell):
     return None if weight is None else {"shape": list(weight.shape)}
 
 
+def _split_param(param):
+    """A parameter as a :class:`DeltaTensor` of the module its name's last ``'.'`` separates."""
+    module, _, local = param.name.rpartition(".")
+    return DeltaTensor(module, local, param)
+
+
+def _warn_unasked(saved, config, method, owner):
+    """Say which saved parameters nobody listed in ``modules_to_save``: an unfrozen base would be saved whole."""
+    wanted = (config.modules_to_save if config is not None else None) or []
+    unasked = [t.param.name for t in saved if not any(entry_matches(entry, t.module) for entry in wanted)]
+    if unasked:
+        logger.warning("%s: %d trained parameters outside the %s delta are saved with it as modules to save: %s. "
+                       "Freeze them (freeze_delta) if they should not be.", owner, len(unasked), method.name,
+                       quote_names(unasked))
+
+
 def _bitfit_delta(network, owner):
+    """BitFit: the trained biases, except those of modules whose other parameters train too (saved whole)."""
     bitfit = get_method("bitfit")
-    trained = trained_parameters(network)
-    biases = [param for param in trained if bitfit.owns_parameter(param.name)]
-    if not trained or len(biases) != len(trained):
-        bias_ids = {id(param) for param in biases}
-        others = [param.name for param in trained if id(param) not in bias_ids]
+    trained = [_split_param(param) for param in trained_parameters(network)]
+    saved_modules = {t.module for t in trained if not bitfit.owns_parameter(t.param.name)}
+    tensors = [t for t in trained if bitfit.owns_parameter(t.param.name) and t.module not in saved_modules]
+    if not tensors:
         raise ValueError(f"For '{owner}', the network holds no delta cell of any method "
                          f"({[m.name for m in METHODS if m.cell_types]}) and "
-                         + (f"trains parameters that are not biases (BitFit): {quote_names(others)}"
-                            if trained else "trains no parameter")
+                         + ("trains no bias (BitFit)" if trained else "trains no parameter")
                          + ": there is no delta to save. Apply a method first (get_delta_model or freeze_delta).")
-    tensors = [DeltaTensor(*param.name.rpartition(".")[::2], param) for param in biases]
-    return NetworkDelta(bitfit, None, {tensor.module: None for tensor in tensors}, tensors, [])
+    saved = [t for t in trained if t.module in saved_modules]
+    _warn_unasked(saved, None, bitfit, owner)
+    return NetworkDelta(bitfit, None, {tensor.module: None for tensor in tensors}, tensors, saved)
 
 
 def find_delta(network, owner):
     """The one delta method ``network`` holds, its cells, its tensors and the other trained parameters.
 
     Delta parameters are those each method's cells own (trained or not); every other trained parameter (a head in
-    ``modules_to_save``, say) is saved beside them. A network with no delta cell whose trained parameters are all
-    biases holds BitFit.
+    ``modules_to_save``, say) is saved beside them. A network with no delta cell that trains biases holds BitFit.
 
     Raises:
         ValueError: the network holds no delta, or deltas of more than one method.
@@ -151,17 +166,11 @@ def find_delta(network, owner):
         cells[module] = cell
         tensors.extend(DeltaTensor(module, local, param) for local, param in owned)
     delta_ids = {id(tensor.param) for tensor in tensors}
-    saved = [DeltaTensor(*param.name.rpartition(".")[::2], param) for param in trained_parameters(network)
-             if id(param) not in delta_ids]
+    saved = [_split_param(param) for param in trained_parameters(network) if id(param) not in delta_ids]
     configs = next((getattr(cell, CONFIGS_ATTR) for _, cell in network.cells_and_names()
                     if getattr(cell, CONFIGS_ATTR, None)), {})
     config = configs.get(method.name)
-    wanted = (config.modules_to_save if config is not None else None) or []
-    unasked = [t.param.name for t in saved if not any(entry_matches(entry, t.module) for entry in wanted)]
-    if unasked:
-        logger.warning("%s: %d trained parameters outside the %s delta are saved with it as modules to save: %s. "
-                       "Freeze them (freeze_delta) if they should not be.", owner, len(unasked), method.name,
-                       quote_names(unasked))
+    _warn_unasked(saved, config, method, owner)
     return NetworkDelta(method, config, cells, tensors, saved)
 
 
