@@ -14,6 +14,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+# Read before transformers is imported: the model is a local folder, nothing is fetched.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -27,7 +29,6 @@ from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE  # noqa: 
 from mindpet.checkpoint.safetensors_file import read_safetensors  # noqa: E402
 from mindpet.delta import LoRADense  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOLERANCE = 1e-4
 
 
