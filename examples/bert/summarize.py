@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "qlora", "adapter", "low_rank_adapter", "bitfit",
+                "ptuning2")
 
 
 def read_runs(path):
