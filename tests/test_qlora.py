@@ -360,3 +360,40 @@ def test_targeting_errors():
         quantize_base(net, ["0"])
     with pytest.raises(ValueError, match=r"weight.*2-D"):
         NF4Weight(np.zeros(8, np.float32))
+
+
+def test_adapters_inject_on_nf4_too(mode):
+    from mindpet import AdapterConfig
+
+    net = quantize_base(mlp(), ["0"])
+    stored = net[0].weight
+    x = Tensor(np.random.default_rng(9).standard_normal((2, IN)).astype(np.float32))
+    before = net(x).asnumpy()
+    get_delta_model(net, AdapterConfig(target_modules=["0"], bottleneck_size=4))
+    assert net[0].weight is stored and net[0].weight_quantized
+    # The adapter's up-projection starts at zero: the adapted layer computes what the NF4 layer computed.
+    np.testing.assert_allclose(net(x).asnumpy(), before, rtol=1e-6, atol=1e-6)
+
+
+def test_mindformers_linear_is_quantized(graph_mode):
+    layers = pytest.importorskip("mindformers.modules.layers")
+
+    class Block(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.wide = layers.Linear(16, 32, transpose_b=False, compute_dtype=ms.float32)
+            self.proj = layers.Linear(32, 16, compute_dtype=ms.float32)
+
+        def construct(self, x):
+            return self.proj(self.wide(x))
+
+    block = Block()
+    weight = block.proj.weight.asnumpy().copy()
+    x = np.random.default_rng(10).standard_normal((3, 16)).astype(np.float32)
+    hidden = block.wide(Tensor(x)).asnumpy()
+    quantize_base(block, "all-dense", block_size=16)  # 'wide' stores its weight (in, out): skipped
+    assert isinstance(block.proj, NF4Dense) and not isinstance(block.wide, NF4Dense)
+    expected = hidden @ reference_nf4(weight, 16)[2].T + block.proj.bias.asnumpy()
+    np.testing.assert_allclose(block.proj(Tensor(hidden)).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"'wide' \(Linear\): its weight is stored \(in, out\)"):
+        quantize_base(Block(), ["wide"], block_size=16)
