@@ -268,6 +268,25 @@ class NF4Dense(ShardValidated, DenseCore):
                 f"double_quant={self.weight.double_quant}")
 
 
+def base_quantization(cell):
+    """How the frozen weight of ``cell`` is stored: the :meth:`NF4Weight.quantization_info` dict of a quantized
+    base (an :class:`NF4Dense`, or a delta cell injected on one), or None for a float weight or a cell without one.
+    The fingerprint of a saved delta records it, so the delta is loaded onto a base quantized the same way.
+
+    Examples:
+        >>> from mindspore import nn
+        >>> from mindpet import LoraConfig, get_delta_model, quantize_base
+        >>> from mindpet.quantization import base_quantization
+        >>> net = get_delta_model(quantize_base(nn.SequentialCell([nn.Dense(64, 8)]), ["0"], block_size=32),
+        ...                       LoraConfig(target_modules=["0"], lora_rank=2))
+        >>> base_quantization(net[0])["block_size"], base_quantization(nn.Dense(64, 8))
+        (32, None)
+    """
+    if getattr(cell, "weight_quantized", False):
+        return cell.weight.quantization_info()
+    return None
+
+
 def _view_nf4_dense(cell):
     activation = cell.activation if cell.activation_flag else None
     return HostView("NF4Dense", cell.in_channels, cell.out_channels, cell.weight, cell.bias if cell.has_bias else None,
