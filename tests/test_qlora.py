@@ -397,3 +397,23 @@ def test_mindformers_linear_is_quantized(graph_mode):
     np.testing.assert_allclose(block.proj(Tensor(hidden)).asnumpy(), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"'wide' \(Linear\): its weight is stored \(in, out\)"):
         quantize_base(Block(), ["wide"], block_size=16)
+
+
+@pytest.mark.parametrize("compute_dtype", [ms.float32, ms.float16], ids=["fp32", "fp16"])
+def test_lora_on_nf4_matches_numpy(mode, compute_dtype):
+    """``y = x dequant(W)^T + b + s x A^T B^T`` with a nonzero ``B``."""
+    weight, bias = normal_weight((HIDDEN, IN), seed=11), normal_weight((HIDDEN,), seed=12)
+    net = nn.SequentialCell([NF4Dense(IN, HIDDEN, weight_init=Tensor(weight), bias_init=Tensor(bias),
+                                      compute_dtype=compute_dtype)])
+    get_delta_model(net, LoraConfig(target_modules=["0"], lora_rank=4, lora_alpha=8))
+    cell = net[0]
+    assert cell.compute_dtype == compute_dtype
+    lora_b = normal_weight((HIDDEN, 4), seed=13, scale=0.5)
+    cell.mindpet_delta_lora_b.set_data(Tensor(lora_b))
+    lora_a = cell.mindpet_delta_lora_a.asnumpy()
+    x = np.random.default_rng(14).standard_normal((2, 5, IN)).astype(np.float32)
+    delta = 2.0 * (x @ lora_a.T) @ lora_b.T
+    expected = x @ dequantize_nf4(quantize_nf4(weight, 64), 64).T + bias + delta
+    assert np.abs(delta).max() > 0.1
+    tolerance = 1e-5 if compute_dtype == ms.float32 else 5e-3
+    np.testing.assert_allclose(net(Tensor(x)).asnumpy(), expected, rtol=tolerance, atol=tolerance)
