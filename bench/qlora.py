@@ -114,9 +114,11 @@ def markdown(results):
     memory = [(workload, result["peak_memory"]) for workload, result in results["workloads"].items()
               if "peak_memory" in result]
     for workload, peaks in memory:
-        lora, qlora = (peaks[variant]["peak_kib"] / 1024 for variant in VARIANTS)
-        lines.append(f"\n{workload} training process, peak resident memory: LoRA {lora:.0f} MB, QLoRA {qlora:.0f} MB "
-                     f"({qlora / lora:.2f}x)")
+        lora, qlora = (peaks[variant]["peak_kib"] * 1024 for variant in VARIANTS)
+        weights = results["workloads"][workload]["weight_bytes"]["float32"] // 4
+        lines.append(f"\n{workload} training process, peak resident memory: LoRA {lora / 2 ** 20:.0f} MB, QLoRA "
+                     f"{qlora / 2 ** 20:.0f} MB ({qlora / lora:.2f}x; {(qlora - lora) / weights:.1f} bytes more per "
+                     f"quantized weight)")
     return "\n".join(lines)
 
 
