@@ -4,8 +4,8 @@ mindpet's injectable methods (LoRA, the adapters) are applied by config with :fu
 which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
 model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
 and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained
-with the R-Drop loss, and ``qlora`` is LoRA on a 4-bit NF4 base (:func:`mindpet.quantize_base` first). The mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says
-where in BERT each one goes.
+with the R-Drop loss, and ``qlora`` is LoRA on a 4-bit NF4 base (:func:`mindpet.quantize_base` first). The mindpet
+methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 

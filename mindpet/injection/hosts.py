@@ -20,9 +20,10 @@ class HostView(NamedTuple):
 
     ``weight`` ``(out_channels, in_channels)`` and ``bias`` ``(out_channels,)`` (None without one) are the layer's
     own Parameter objects, which the new cell adopts; on a quantized layer (:class:`~mindpet.quantization.NF4Dense`)
-    ``weight`` is its quantized weight cell, and ``param_dtype`` the float dtype that weight was quantized from. ``activation`` is the layer's activation cell (None without
-    one); ``param_dtype`` and ``compute_dtype`` its storage and matmul dtypes; ``split`` the layout of its matmul,
-    when a strategy was set, and ``bias_strategy`` that of its bias add.
+    ``weight`` is its quantized weight cell. ``activation`` is the layer's activation cell (None without one);
+    ``param_dtype`` and ``compute_dtype`` its storage and matmul dtypes (on a quantized layer, ``param_dtype`` is the
+    float dtype its weight was quantized from); ``split`` the layout of its matmul, when a strategy was set, and
+    ``bias_strategy`` that of its bias add.
     """
     kind: str
     in_channels: int

@@ -55,7 +55,8 @@ class MergeableDense(DenseCore):
         if self.weight_quantized:
             raise ValueError(f"For '{self.cls_name}.merge', the base weight is quantized "
                              f"({self.weight.quantization_info()['quant_type']}) and cannot hold the delta without "
-                             f"re-quantizing it; use mindpet.merge_and_unload, which returns a dequantized Dense layer.")
+                             f"re-quantizing it; use mindpet.merge_and_unload, which returns a dequantized Dense "
+                             f"layer.")
         if self.merged:
             logger.warning("%s is already merged; merge() did nothing.", self.cls_name)
             return self
