@@ -116,8 +116,8 @@ def markdown(results):
     for workload, peaks in memory:
         lora, qlora = (peaks[variant]["peak_kib"] * 1024 for variant in VARIANTS)
         weights = results["workloads"][workload]["weight_bytes"]["float32"] // 4
-        lines.append(f"\n{workload} training process, peak resident memory: LoRA {lora / 2 ** 20:.0f} MB, QLoRA "
-                     f"{qlora / 2 ** 20:.0f} MB ({qlora / lora:.2f}x; {(qlora - lora) / weights:.1f} bytes more per "
+        lines.append(f"\n{workload} training process, peak resident memory: LoRA {lora / 2 ** 20:.0f} MiB, QLoRA "
+                     f"{qlora / 2 ** 20:.0f} MiB ({qlora / lora:.2f}x; {(qlora - lora) / weights:.1f} bytes more per "
                      f"quantized weight)")
     return "\n".join(lines)
 
