@@ -3,9 +3,9 @@
 mindpet's injectable methods (LoRA, the adapters) are applied by config with :func:`mindpet.get_delta_model`,
 which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
 model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
-and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, and ``lora_rdrop`` is LoRA trained
-with the R-Drop loss. The mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says
-where in BERT each one goes.
+and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained
+with the R-Drop loss, and ``qlora`` is LoRA on a 4-bit NF4 base (:func:`mindpet.quantize_base` first). The mindpet
+methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -20,7 +20,7 @@ Freeze before building the optimizer: an optimizer built earlier keeps updating 
 import dataclasses
 
 from bert.modeling import PrefixOptions
-from mindpet import freeze_delta, freeze_modules, get_delta_model
+from mindpet import freeze_delta, freeze_modules, get_delta_model, quantize_base
 from mindpet.registry import get_method, method_names
 
 HEAD = "classifier"
@@ -30,8 +30,14 @@ BASELINES = ("full", "frozen_head")
 TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"]}
 # Methods built into the model source, then frozen with freeze_delta.
 MODEL_SIDE = ("bitfit", "ptuning2")
-# Example variants: another loss on a mindpet method's delta.
-VARIANTS = {"lora_rdrop": "lora"}
+# Example variants: another loss on a mindpet method's delta, or the method on a quantized base.
+VARIANTS = {"lora_rdrop": "lora", "qlora": "lora"}
+# QLoRA's base: every Dense layer of the encoder (the query, key, value and attention-output projections, the
+# feed-forward up- and down-projections) is stored in NF4; the embeddings, LayerNorms and the classifier head stay
+# float32. LoRA then goes on query and value, as for 'lora'.
+QUANTIZED_BASE = {"qlora": ["query", "key", "value", "output.dense", "intermediate.dense"]}
+# Elements per NF4 absmax block (the QLoRA paper's 64); it must divide the width of every quantized layer.
+QUANT_BLOCK_SIZE = 64
 METHODS = BASELINES + tuple(name for name in method_names() if name in TARGETS or name in MODEL_SIDE) + \
     tuple(VARIANTS)
 
@@ -57,7 +63,8 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
             BERT layers of :data:`TARGETS`.
         head (str, optional): The task head, trained by every method; None when the network has none.
             Default: ``'classifier'``.
-        **hyperparameters: Config fields, such as ``lora_rank`` or ``bottleneck_size``.
+        **hyperparameters: Config fields, such as ``lora_rank`` or ``bottleneck_size``; for ``'qlora'`` also
+            ``quant_block_size`` (default :data:`QUANT_BLOCK_SIZE`).
 
     Returns:
         list[str], the sorted names of the trainable parameters.
@@ -72,6 +79,9 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
         return freeze_modules(net, exclude=["*"])
     if method == "frozen_head":
         return freeze_modules(net, include=["*"], exclude=head_patterns)
+    if method in QUANTIZED_BASE:
+        quantize_base(net, QUANTIZED_BASE[method], block_size=hyperparameters.get("quant_block_size",
+                                                                                  QUANT_BLOCK_SIZE))
     record = get_method(VARIANTS.get(method, method))
     if record.name in MODEL_SIDE:
         return freeze_delta(net, mode=record.name, exclude=head_patterns)

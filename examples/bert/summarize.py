@@ -3,7 +3,8 @@
 For each method the learning rate is the one with the best held-out accuracy on the first seed; the main table
 averages every seed run at that rate. Step time comes from the short back-to-back timing runs (the grid's own
 step times depend on what else the shared machine ran meanwhile); peak memory is the smallest over the method's
-grid runs. Both are relative to full fine-tuning's.
+grid runs. Both are relative to full fine-tuning's. QLoRA is compared with float32 LoRA in a table of its own, with
+the bytes of the encoder's frozen Dense weights and the step time of a back-to-back LoRA/QLoRA pair of short runs.
 
 Run::
 
@@ -15,7 +16,10 @@ import os
 
 import numpy as np
 
-METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
+# Methods whose step time and memory are compared with LoRA's in their own back-to-back runs.
+PAIRED_WITH_LORA = ("qlora",)
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "qlora", "adapter", "low_rank_adapter", "bitfit",
+                "ptuning2")
 
 
 def read_runs(path):
@@ -50,13 +54,35 @@ def main_table(runs, timing_runs, first_seed):
         method_runs, lr = chosen[method]
         accuracies = [run["accuracy"] for run in method_runs]
         seeds = ",".join(str(run["seed"]) for run in sorted(method_runs, key=lambda run: run["seed"]))
-        step_ratio = step_seconds[method] / step_seconds["full"]
-        memory_ratio = smallest_rss[method] / smallest_rss["full"]
+        # QLoRA ran after later memory savings of the example, so its time and memory are compared with LoRA's in
+        # back-to-back runs of the same code instead (qlora_table).
+        paired = method in PAIRED_WITH_LORA
+        step_ratio = "-" if paired else f"{step_seconds[method] / step_seconds['full']:.2f}"
+        memory_ratio = "-" if paired else f"{smallest_rss[method] / smallest_rss['full']:.2f}"
         size = method_runs[0]["delta_bytes"]
         size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
         lines.append(f"| {method} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "
-                     f"{seeds} | {lr:g} | {_percent(method_runs[0]['trainable_percent'])} | {step_ratio:.2f} | "
-                     f"{memory_ratio:.2f} | {size_text} |")
+                     f"{seeds} | {lr:g} | {_percent(method_runs[0]['trainable_percent'])} | {step_ratio} | "
+                     f"{memory_ratio} | {size_text} |")
+    return "\n".join(lines)
+
+
+def qlora_table(runs, pair_runs, first_seed):
+    """QLoRA against float32 LoRA: accuracy per seed at each one's chosen rate, the bytes of the encoder's frozen
+    Dense weights, and the step time and peak memory of the back-to-back timing pair."""
+    pair = {run["method"]: run for run in pair_runs}
+    lines = ["| method | lr | accuracy per seed | mean | encoder Dense weights | step time / LoRA | "
+             "peak RSS (MB), timing run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method in ("lora", "qlora"):
+        method_runs, lr = chosen_runs(runs, method, first_seed)
+        accuracies = ", ".join(f"{run['seed']}: {run['accuracy']:.4f}"
+                               for run in sorted(method_runs, key=lambda run: run["seed"]))
+        mean = np.mean([run["accuracy"] for run in method_runs])
+        timing = pair[method]
+        step_ratio = timing["step_median_seconds"] / pair["lora"]["step_median_seconds"]
+        lines.append(f"| {method} | {lr:g} | {accuracies} | {mean:.4f} | {timing['base_weight_bytes'] / 1e6:.2f} MB | "
+                     f"{step_ratio:.2f} | {timing['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -90,6 +116,9 @@ def main():
     print(main_table(runs, timing_runs, args.first_seed), end="\n\n")
     print(grid_table(runs), end="\n\n")
     print(timing_table(timing_runs + read_runs(stem + "_modes.jsonl")))
+    qlora_pair = stem + "_qlora_timing.jsonl"
+    if any(run["method"] == "qlora" for run in runs) and os.path.exists(qlora_pair):
+        print("", qlora_table(runs, read_runs(qlora_pair), args.first_seed), sep="\n")
 
 
 if __name__ == "__main__":

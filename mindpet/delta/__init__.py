@@ -10,6 +10,7 @@ from mindpet.delta.prefix_attention import PrefixConcat
 from mindpet.delta.ptuning2 import PrefixEncoder
 from mindpet.delta.r_drop import RDropLoss, rdrop_repeat
 from mindpet.injection.merge import merge_and_unload
+from mindpet.quantization.layer import NF4Dense
 
-__all__ = ["AdapterDense", "AdapterLayer", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer", "PrefixConcat",
-           "PrefixEncoder", "PrefixLayer", "RDropLoss", "merge_and_unload", "rdrop_repeat"]
+__all__ = ["AdapterDense", "AdapterLayer", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer", "NF4Dense",
+           "PrefixConcat", "PrefixEncoder", "PrefixLayer", "RDropLoss", "merge_and_unload", "rdrop_repeat"]

@@ -23,8 +23,9 @@ def _freeze_all_but_delta(network, saved):
 def get_delta_model(network, config):
     """Apply a delta method to ``network`` by config: every targeted Dense-like layer is replaced in place.
 
-    Each matched ``nn.Dense`` (or MindFormers ``Linear``) becomes the method's cell, holding the layer's own
-    ``weight`` and ``bias`` Parameter objects (same names, no copy), its activation and its dtypes; it computes in the
+    Each matched ``nn.Dense`` (or MindFormers ``Linear``, or a 4-bit :class:`~mindpet.quantization.NF4Dense`, whose
+    quantized weight cell the new cell keeps) becomes the method's cell, holding the layer's own ``weight`` and
+    ``bias`` Parameter objects (same names, no copy), its activation and its dtypes; it computes in the
     layer's dtype, so a fresh LoRA or adapter cell returns exactly what the layer returned. Shard strategies already
     set on the layer's matmul are carried over and the branch's strategies are derived from them (and validated).
     The new parameters are named by their full paths, exactly as in a network written with the method's cells.

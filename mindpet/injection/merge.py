@@ -19,6 +19,10 @@ def merge_and_unload(network):
     activation. Cells are found in plain attributes, ``nn.SequentialCell``, ``nn.CellList`` and ``nn.CellDict``; a
     cell held in two places is replaced in both.
 
+    On a quantized base (:func:`mindpet.quantize_base`) the weight is dequantized to the float dtype it was quantized
+    from, the delta is folded in (in float32), and the Dense layer gets new ``weight`` and ``bias`` Parameters of the
+    same names; the log says which weights were dequantized.
+
     ``nn.Dense`` computes in its weight's dtype. A cell whose ``compute_dtype`` differs from its ``param_init_type``
     (for example float32 parameters computed in float16, the manual's default) is replaced by a
     :class:`~mindpet.delta.base.dense_core.DenseCore` instead: the same Parameters and names, computing in
