@@ -19,6 +19,8 @@ from mindpet.delta.adapter import AdapterConfig
 from mindpet.delta.base.config import DeltaConfig
 from mindpet.delta.lora import LoraConfig
 from mindpet.delta.low_rank_adapter import LowRankAdapterConfig
+from mindpet.delta.prompt_tuning import PromptTuningConfig
+from mindpet.delta.ptuning import PTuningConfig
 from mindpet.freeze import freeze_delta, freeze_from_config, freeze_modules
 from mindpet.injection.inject import get_delta_model
 from mindpet.injection.merge import merge_and_unload
@@ -28,7 +30,8 @@ from mindpet.parallel.check import check_shard_strategies
 from mindpet.registry import config_from_dict
 
 __all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "LoraConfig",
-           "LowRankAdapterConfig", "TrainableParamsCheckPoint", "TrainableSummary", "TrainingGuard",
+           "LowRankAdapterConfig", "PTuningConfig", "PromptTuningConfig", "TrainableParamsCheckPoint",
+           "TrainableSummary", "TrainingGuard",
            "check_shard_strategies", "config_from_dict", "freeze_delta", "freeze_from_config", "freeze_modules",
            "get_delta_model", "load_base_checkpoint", "load_delta_checkpoint", "merge_and_unload",
            "merge_sliced_delta_checkpoints", "plan_delta", "trainable_summary"]
