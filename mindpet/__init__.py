@@ -2,7 +2,8 @@
 
 Apply a method to any network by config (:func:`get_delta_model` with :class:`LoraConfig`, :class:`AdapterConfig`
 or :class:`LowRankAdapterConfig`, after a dry run with :func:`plan_delta`), or build the cells of
-:mod:`mindpet.delta` into the model source. Freezing, delta checkpoints and strategy checks are exported here too.
+:mod:`mindpet.delta` into the model source (:class:`PromptTuningConfig` and :class:`PTuningConfig` build the
+virtual-token cells that a model's embedding code prepends). Freezing, delta checkpoints and strategy checks are exported here too.
 """
 __version__ = "2.0.0"
 
