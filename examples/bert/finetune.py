@@ -5,8 +5,9 @@ The steps a user takes, in order:
 1. Build the plain model (``BertClassifier(config, 2)``; P-Tuning v2 adds its prefix encoder here) and load the
    pretrained weights; every weight must map.
 2. ``apply_method``: ``get_delta_model(net, LoraConfig(target_modules=['query', 'value'], ...))`` for LoRA and the
-   adapters, ``freeze_delta`` for BitFit and P-Tuning v2, before building the optimizer. The trainable summary is
-   printed.
+   adapters, ``freeze_delta`` for BitFit and P-Tuning v2, before building the optimizer; prompt tuning and P-tuning
+   v1 first put their config's cell into the model's embeddings hook (prompt tuning's prompt starts from the word
+   embeddings of ``--prompt-init-text``). The trainable summary is printed.
 3. ``Model.train`` with ``TrainableParamsCheckPoint`` (saves only the trained parameters), ``LossMonitor`` and
    ``TimeMonitor``.
 4. Accuracy on held-out snippets, then the delta is reloaded with ``load_delta_checkpoint`` into a freshly built
