@@ -8,7 +8,7 @@ from mindspore import Tensor, nn
 from bert.methods import apply_method
 from bert.modeling import BertClassifier, BertConfig
 from mindpet import PromptTuningConfig, PTuningConfig, config_from_dict, get_delta_model, plan_delta
-from mindpet.delta import PromptEncoder, PromptTuningEmbedding, prepend_virtual_tokens
+from mindpet.delta import PrefixEncoder, PromptEncoder, PromptTuningEmbedding, prepend_virtual_tokens
 from mindpet.graph import freeze_delta
 from mindpet.registry import get_method
 from mindpet.utils.naming import is_delta_param
@@ -208,7 +208,6 @@ def test_ptuning_and_ptuning2_markers_never_match_each_others_parameters():
 
 
 def test_freeze_delta_keeps_ptuning_and_ptuning2_apart():
-    from mindpet.delta import PrefixEncoder
     net = nn.CellList([PromptEncoder(2, 4, 3), PrefixEncoder(2, 1, 1, 2)])
     ptuning = freeze_delta(net, "ptuning")
     assert ptuning and all("mindpet_delta_ptuning_" in name for name in ptuning)

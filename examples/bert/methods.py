@@ -52,8 +52,8 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
     ``'full'`` freezes nothing; ``'frozen_head'`` freezes everything but the head; an injectable method is applied
     with ``get_delta_model`` and its registry config (hyperparameters the config does not have are ignored);
     BitFit and P-Tuning v2 train their parameters with ``freeze_delta``; prompt tuning and P-tuning v1 put the cell
-    of their config into ``net.set_virtual_tokens`` (`net` must be a ``BertClassifier``), then ``freeze_delta``. Every method but ``'full'`` trains the
-    head as well.
+    of their config into ``net.set_virtual_tokens`` (`net` must be a ``BertClassifier``), then ``freeze_delta``.
+    Every method but ``'full'`` trains the head as well.
 
     Args:
         net (mindspore.nn.Cell): The model, a ``BertClassifier`` built with :func:`model_options` for `method`, or

@@ -179,7 +179,8 @@ def prepend_virtual_tokens(inputs_embeds, attention_mask, virtual_embeds):
 @constexpr
 def _check_are_tensors(inputs_embeds_is_tensor, attention_mask_is_tensor, virtual_embeds_is_tensor):
     """The type check of :func:`prepend_virtual_tokens`; in GRAPH mode the arguments are Tensors and it is free."""
-    for arg_name, is_tensor in (("inputs_embeds", inputs_embeds_is_tensor), ("attention_mask", attention_mask_is_tensor),
+    for arg_name, is_tensor in (("inputs_embeds", inputs_embeds_is_tensor),
+                                ("attention_mask", attention_mask_is_tensor),
                                 ("virtual_embeds", virtual_embeds_is_tensor)):
         if not is_tensor:
             raise TypeError(f"For 'prepend_virtual_tokens', the argument '{arg_name}' must be a Tensor, but got a "
