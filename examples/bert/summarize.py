@@ -43,13 +43,14 @@ def step_ratios(timing_runs):
     """Each method's median step time over that of the ``full`` run that precedes it in `timing_runs`.
 
     The timing runs come in back-to-back batches, each led by a ``full`` run; a ratio is taken within one batch,
-    under one load. A method timed in several batches keeps its latest ratio.
+    under one load. A method timed in several batches keeps the ratio of the first: a later batch that times it
+    again beside new methods (as a reference for them) does not change its row.
     """
     ratios, full_seconds = {}, None
     for run in timing_runs:
         if run["method"] == "full":
             full_seconds = run["step_median_seconds"]
-        ratios[run["method"]] = run["step_median_seconds"] / full_seconds
+        ratios.setdefault(run["method"], run["step_median_seconds"] / full_seconds)
     return ratios
 
 
