@@ -3,7 +3,10 @@
 mindpet's injectable methods (LoRA, the adapters) are applied by config with :func:`mindpet.get_delta_model`,
 which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
 model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
-and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained
+and then frozen the same way. Prompt tuning and P-tuning v1 build their cell from their config
+(``PromptTuningConfig`` / ``PTuningConfig``, ``make_cell``) and hand it to the model's embeddings hook
+(``BertClassifier.set_virtual_tokens``), after the pretrained weights are in: prompt tuning's ``TEXT`` init copies
+rows of the word embeddings. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained
 with the R-Drop loss, and ``qlora`` is LoRA on a 4-bit NF4 base (:func:`mindpet.quantize_base` first). The mindpet
 methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
 
@@ -30,6 +33,8 @@ BASELINES = ("full", "frozen_head")
 TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"]}
 # Methods built into the model source, then frozen with freeze_delta.
 MODEL_SIDE = ("bitfit", "ptuning2")
+# Methods whose cell goes into the embeddings hook, then frozen with freeze_delta.
+VIRTUAL_TOKENS = ("prompt_tuning", "ptuning")
 # Example variants: another loss on a mindpet method's delta, or the method on a quantized base.
 VARIANTS = {"lora_rdrop": "lora", "qlora": "lora"}
 # QLoRA's base: every Dense layer of the encoder (the query, key, value and attention-output projections, the
@@ -38,8 +43,8 @@ VARIANTS = {"lora_rdrop": "lora", "qlora": "lora"}
 QUANTIZED_BASE = {"qlora": ["query", "key", "value", "output.dense", "intermediate.dense"]}
 # Elements per NF4 absmax block (the QLoRA paper's 64); it must divide the width of every quantized layer.
 QUANT_BLOCK_SIZE = 64
-METHODS = BASELINES + tuple(name for name in method_names() if name in TARGETS or name in MODEL_SIDE) + \
-    tuple(VARIANTS)
+METHODS = BASELINES + tuple(name for name in method_names()
+                             if name in TARGETS or name in MODEL_SIDE or name in VIRTUAL_TOKENS) + tuple(VARIANTS)
 
 
 def model_options(method, pre_seq_len=16):
@@ -52,8 +57,9 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
 
     ``'full'`` freezes nothing; ``'frozen_head'`` freezes everything but the head; an injectable method is applied
     with ``get_delta_model`` and its registry config (hyperparameters the config does not have are ignored);
-    BitFit and P-Tuning v2 train their parameters with ``freeze_delta``. Every method but ``'full'`` trains the
-    head as well.
+    BitFit and P-Tuning v2 train their parameters with ``freeze_delta``; prompt tuning and P-tuning v1 put the cell
+    of their config into ``net.set_virtual_tokens`` (`net` must be a ``BertClassifier``), then ``freeze_delta``.
+    Every method but ``'full'`` trains the head as well.
 
     Args:
         net (mindspore.nn.Cell): The model, a ``BertClassifier`` built with :func:`model_options` for `method`, or
@@ -86,8 +92,14 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
     if record.name in MODEL_SIDE:
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
     fields = {field.name for field in dataclasses.fields(record.config_class)}
+    config_fields = {key: value for key, value in hyperparameters.items() if key in fields}
+    if record.name in VIRTUAL_TOKENS:
+        config = record.config_class(token_dim=net.config.hidden_size, **config_fields)
+        word_embeddings = net.bert.embeddings.word_embeddings
+        net.set_virtual_tokens(config.make_cell(embedding=word_embeddings) if config.method == "prompt_tuning"
+                               and config.prompt_tuning_init == "TEXT" else config.make_cell())
+        return freeze_delta(net, mode=record.name, exclude=head_patterns)
     config = record.config_class(target_modules=target_modules or TARGETS[record.name],
-                                 modules_to_save=[head] if head else None,
-                                 **{key: value for key, value in hyperparameters.items() if key in fields})
+                                 modules_to_save=[head] if head else None, **config_fields)
     get_delta_model(net, config)
     return sorted(param.name for param in net.get_parameters() if param.requires_grad)

@@ -30,6 +30,8 @@ LR_GRID = {
     "ptuning2": (3e-3, 1e-2),
     "lora_rdrop": (1e-3, 2e-3),
     "qlora": (1e-3, 2e-3),
+    "prompt_tuning": (1e-2, 3e-2),
+    "ptuning": (3e-3, 1e-2),
 }
 # Short runs for timing: 20 steps, little to evaluate.
 TIMING_ARGS = ["--epochs", "1", "--num-train", "640", "--num-eval", "100"]

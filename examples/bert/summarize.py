@@ -1,10 +1,11 @@
 """Turn the JSON lines written by ``run_grid.py`` into the Markdown tables of ``docs/results.md``.
 
 For each method the learning rate is the one with the best held-out accuracy on the first seed; the main table
-averages every seed run at that rate. Step time comes from the short back-to-back timing runs (the grid's own
-step times depend on what else the shared machine ran meanwhile); peak memory is the smallest over the method's
-grid runs. Both are relative to full fine-tuning's. QLoRA is compared with float32 LoRA in a table of its own, with
-the bytes of the encoder's frozen Dense weights and the step time of a back-to-back LoRA/QLoRA pair of short runs.
+averages every seed run at that rate. Step time comes from the short back-to-back timing runs, relative to the
+full fine-tuning run of the same batch (the grid's own step times depend on what else the shared machine ran
+meanwhile); peak memory is the smallest over the method's grid runs, relative to full fine-tuning's. QLoRA is
+compared with float32 LoRA in a table of its own, with the bytes of the encoder's frozen Dense weights and the step
+time of a back-to-back LoRA/QLoRA pair of short runs.
 
 Run::
 
@@ -19,7 +20,7 @@ import numpy as np
 # Methods whose step time and memory are compared with LoRA's in their own back-to-back runs.
 PAIRED_WITH_LORA = ("qlora",)
 METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "qlora", "adapter", "low_rank_adapter", "bitfit",
-                "ptuning2")
+                "ptuning2", "prompt_tuning", "ptuning")
 
 
 def read_runs(path):
@@ -42,10 +43,25 @@ def _percent(value):
     return f"{value:.2f}%" if value >= 0.1 else f"{value:.4f}%"
 
 
+def step_ratios(timing_runs):
+    """Each method's median step time over that of the ``full`` run that precedes it in `timing_runs`.
+
+    The timing runs come in back-to-back batches, each led by a ``full`` run; a ratio is taken within one batch,
+    under one load. A method timed in several batches keeps the ratio of the first: a later batch that times it
+    again beside new methods (as a reference for them) does not change its row.
+    """
+    ratios, full_seconds = {}, None
+    for run in timing_runs:
+        if run["method"] == "full":
+            full_seconds = run["step_median_seconds"]
+        ratios.setdefault(run["method"], run["step_median_seconds"] / full_seconds)
+    return ratios
+
+
 def main_table(runs, timing_runs, first_seed):
     methods = [method for method in METHOD_ORDER if any(run["method"] == method for run in runs)]
     chosen = {method: chosen_runs(runs, method, first_seed) for method in methods}
-    step_seconds = {run["method"]: run["step_median_seconds"] for run in timing_runs}
+    ratios = step_ratios(timing_runs)
     smallest_rss = {method: _smallest(runs, method, "peak_rss_mb") for method in methods}
     lines = ["| method | held-out accuracy, mean (min-max) | seeds | lr | trainable | step time / full | "
              "peak RSS / full | delta checkpoint |",
@@ -57,7 +73,7 @@ def main_table(runs, timing_runs, first_seed):
         # QLoRA ran after later memory savings of the example, so its time and memory are compared with LoRA's in
         # back-to-back runs of the same code instead (qlora_table).
         paired = method in PAIRED_WITH_LORA
-        step_ratio = "-" if paired else f"{step_seconds[method] / step_seconds['full']:.2f}"
+        step_ratio = "-" if paired else f"{ratios[method]:.2f}"
         memory_ratio = "-" if paired else f"{smallest_rss[method] / smallest_rss['full']:.2f}"
         size = method_runs[0]["delta_bytes"]
         size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
