@@ -76,7 +76,7 @@ class LoRADense(ShardValidated, MergeableDense):
     as it is multiplied (:meth:`_base_weight`) and detached from the gradient, as the DoRA paper advises, so ``A``
     and ``B`` get gradient only through the product. With dropout, the dropped input feeds the low-rank product only,
     as in PEFT. DoRA adds one ``(out_channels, in_channels)`` product ``B A`` and a row norm to every call: expect it
-    to be slower than plain LoRA (:doc:`benchmarks`). A cell written into a model's source computes ``m`` from its
+    to be slower than plain LoRA (docs/benchmarks.md). A cell written into a model's source computes ``m`` from its
     own initial weight: after loading pretrained weights into it, call :meth:`init_dora_magnitude`
     (:func:`~mindpet.get_delta_model` does this itself).
 
