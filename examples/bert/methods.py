@@ -1,11 +1,11 @@
 """How each fine-tuning method reaches the unedited BERT of ``modeling.py``.
 
-mindpet's injectable methods (LoRA and its rsLoRA and DoRA options, the adapters, (IA)^3) are applied by config with :func:`mindpet.get_delta_model`,
-which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
-model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
-and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, and ``lora_rdrop`` is LoRA trained
-with the R-Drop loss. The mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says
-where in BERT each one goes.
+mindpet's injectable methods (LoRA and its rsLoRA and DoRA options, the adapters, (IA)^3) are applied by config
+with :func:`mindpet.get_delta_model`, which also freezes everything but the delta and the ``classifier`` head
+(``modules_to_save``). BitFit trains the model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built
+into the model (``PrefixOptions``) and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines,
+``lora_rdrop`` is LoRA trained with the R-Drop loss, and ``rslora`` and ``dora`` are LoRA with those options. The
+mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -83,7 +83,8 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
     fields = {field.name for field in dataclasses.fields(record.config_class)}
     options = {key: value for key, value in hyperparameters.items() if key in fields}
+    options.update(FIXED_OPTIONS.get(method, {}))
     config = record.config_class(target_modules=target_modules or TARGETS[record.name],
-                                 modules_to_save=[head] if head else None, **{**options, **FIXED_OPTIONS.get(method, {})})
+                                 modules_to_save=[head] if head else None, **options)
     get_delta_model(net, config)
     return sorted(param.name for param in net.get_parameters() if param.requires_grad)

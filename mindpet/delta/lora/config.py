@@ -50,7 +50,8 @@ class LoraConfig(DeltaConfig):
 
     Raises:
         TypeError: `lora_rank` is not an int, `lora_alpha` not a number, `lora_dropout` not a float, a pattern not a
-            dict with str keys, `use_rslora` or `use_dora` not a bool; and as :class:`~mindpet.delta.base.config.DeltaConfig`.
+            dict with str keys, `use_rslora` or `use_dora` not a bool; and as
+            :class:`~mindpet.delta.base.config.DeltaConfig`.
         ValueError: `lora_rank` <= 0, `lora_alpha` 0 or not finite, `lora_dropout` outside [0, 1), a pattern key
             not a valid regular expression; and as :class:`~mindpet.delta.base.config.DeltaConfig`.
 
