@@ -88,6 +88,14 @@ def test_matches_numpy_reference(mode, use_rslora, use_dora, shape, compute_dtyp
     assert np.abs(expected - plain).max() > 0.1
 
 
+def test_dora_with_float16_parameters(mode):
+    weights = random_weights(np.random.default_rng(30))
+    cell = build(weights, use_dora=True, param_init_type=ms.float16, compute_dtype=ms.float32)
+    assert cell.mindpet_delta_lora_magnitude.dtype == ms.float16
+    x = np.random.default_rng(31).standard_normal((3, IN)).astype(np.float32)
+    np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), reference(x, weights, use_dora=True), rtol=1e-2, atol=1e-2)
+
+
 def test_rslora_scale_is_alpha_over_sqrt_rank():
     cell = LoRADense(IN, OUT, lora_rank=16, lora_alpha=8, use_rslora=True)
     assert cell.scaling == pytest.approx(2.0)
