@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from injection_models import WIDTH, TinyNet, plain_dense
-from mindpet import LoraConfig, get_delta_model, merge_and_unload, plan_delta, trainable_summary
+from mindpet import LoraConfig, get_delta_model, load_base_checkpoint, merge_and_unload, plan_delta, trainable_summary
 from mindpet.delta import LoRADense
 from mindpet.graph import check_shard_strategies, freeze_delta
 from numpy_activations import REFERENCES
@@ -141,6 +141,26 @@ def test_init_dora_magnitude_after_loading_pretrained_weights(tmp_path):
     np.testing.assert_allclose(net[0].mindpet_delta_lora_magnitude.asnumpy(), norms, rtol=1e-6)
     x = Tensor(np.random.default_rng(4).standard_normal((3, IN)).astype(np.float32))
     np.testing.assert_allclose(net(x).asnumpy(), pretrained(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_load_base_checkpoint_initialises_the_magnitude(tmp_path, caplog):
+    pretrained = nn.SequentialCell([nn.Dense(IN, OUT), nn.Dense(OUT, OUT)])
+    path = str(tmp_path / "pretrained.ckpt")
+    ms.save_checkpoint(pretrained, path)
+    net = nn.SequentialCell([LoRADense(IN, OUT, lora_rank=RANK, lora_alpha=ALPHA, use_dora=True),
+                             LoRADense(OUT, OUT, lora_rank=RANK, lora_alpha=ALPHA, use_dora=True)])
+    with caplog.at_level(logging.INFO, logger="mindpet"):
+        load_base_checkpoint(net, path)
+    assert "DoRA magnitudes set to the row norms of the loaded weights in 2 cell(s)" in caplog.text
+    # The default float16 compute: the norms of the weight as multiplied, rounded to float16.
+    for index in range(2):
+        np.testing.assert_allclose(net[index].mindpet_delta_lora_magnitude.asnumpy(),
+                                   np.linalg.norm(pretrained[index].weight.asnumpy(), axis=1), rtol=1e-3)
+    # A checkpoint that holds the magnitude keeps it.
+    trained = {param.name: Tensor(param.asnumpy()) for param in pretrained.get_parameters()}
+    trained["0.mindpet_delta_lora_magnitude"] = Tensor(np.full(OUT, 3.0, np.float32))
+    load_base_checkpoint(net, trained)
+    assert np.array_equal(net[0].mindpet_delta_lora_magnitude.asnumpy(), np.full(OUT, 3.0, np.float32))
 
 
 def test_an_all_zero_row_computes_the_bias_not_nan(mode):

@@ -77,8 +77,8 @@ class LoRADense(ShardValidated, MergeableDense):
     and ``B`` get gradient only through the product. With dropout, the dropped input feeds the low-rank product only,
     as in PEFT. DoRA adds one ``(out_channels, in_channels)`` product ``B A`` and a row norm to every call: expect it
     to be slower than plain LoRA (docs/benchmarks.md). A cell written into a model's source computes ``m`` from its
-    own initial weight: after loading pretrained weights into it, call :meth:`init_dora_magnitude`
-    (:func:`~mindpet.get_delta_model` does this itself).
+    own initial weight: :func:`~mindpet.load_base_checkpoint` and :func:`~mindpet.get_delta_model` compute it again
+    from the pretrained weight; after loading weights any other way, call :meth:`init_dora_magnitude`.
 
     :meth:`merge` folds the update into ``weight`` for inference (``s B A``; with DoRA the whole rescaled ``V``) and
     :meth:`unmerge` takes it out again. The branch's scale lives in the non-trainable Parameter ``lora_branch_scale``
@@ -187,8 +187,8 @@ class LoRADense(ShardValidated, MergeableDense):
         """Set DoRA's magnitude ``m`` to the row norms of ``W + s B A`` from the current weights, so that the cell
         computes what LoRA with the same ``A`` and ``B`` computes (the Dense layer's output while ``B`` is zero).
 
-        Call it after loading pretrained weights into a cell built in a model's source: the magnitude is computed
-        when the cell is built, from the initial weight.
+        The magnitude is computed when the cell is built, from its initial weight. :func:`~mindpet.load_base_checkpoint`
+        calls this for every DoRA cell whose weight it loads; call it yourself after loading weights any other way.
 
         Returns:
             The cell itself.
