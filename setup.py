@@ -30,7 +30,10 @@ setup(
         # The benchmarks' side-by-side comparison with HF PEFT (bench/peer.py). torch is pinned: an unpinned torch
         # pulls a multi-gigabyte CUDA build; install with a numpy<2 constraint so that torch keeps MindSpore's NumPy.
         "peer": ["torch==2.13.0", "transformers", "peft"],
-        "test": ["pytest>=7", "pyyaml>=5.1", "tokenizers>=0.15"],
+        # torch (pinned to its CPU wheel, see "peer"), transformers and peft run the PEFT round trips of
+        # tests/test_peft_interop.py and the side-by-side benchmark tests in CI.
+        "test": ["pytest>=7", "pyyaml>=5.1", "tokenizers>=0.15", "torch==2.13.0", "transformers", "peft",
+                 "safetensors"],
         # What `import mindformers` needs; MindFormers itself (requirements-mindformers.txt) is installed with --no-deps
         # because it pins MindSpore 2.7 and PyPI's mindpet 1.0.4. pyarrow, datasets and pandas are the newest that
         # still work with numpy<2.
@@ -38,6 +41,7 @@ setup(
                         "datasets==5.0.1", "pandas==3.0.6", "tokenizers", "sentencepiece", "tiktoken", "tensorboardX",
                         "pyarrow==23.0.1"],
     },
+    entry_points={"console_scripts": ["mindpet = mindpet.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

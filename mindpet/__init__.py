@@ -12,8 +12,10 @@ from mindpet.checkpoint import (
                                 TrainableParamsCheckPoint,
                                 TrainingGuard,
                                 load_base_checkpoint,
+                                load_delta,
                                 load_delta_checkpoint,
                                 merge_sliced_delta_checkpoints,
+                                save_delta,
 )
 from mindpet.delta.adapter import AdapterConfig
 from mindpet.delta.base.config import DeltaConfig
@@ -31,5 +33,5 @@ from mindpet.registry import config_from_dict
 __all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "IA3Config",
            "LoraConfig", "LowRankAdapterConfig", "TrainableParamsCheckPoint", "TrainableSummary", "TrainingGuard",
            "check_shard_strategies", "config_from_dict", "freeze_delta", "freeze_from_config", "freeze_modules",
-           "get_delta_model", "load_base_checkpoint", "load_delta_checkpoint", "merge_and_unload",
-           "merge_sliced_delta_checkpoints", "plan_delta", "trainable_summary"]
+           "get_delta_model", "load_base_checkpoint", "load_delta", "load_delta_checkpoint", "merge_and_unload",
+           "merge_sliced_delta_checkpoints", "plan_delta", "save_delta", "trainable_summary"]

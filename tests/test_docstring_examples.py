@@ -16,7 +16,7 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.delta.prefix.layer", "mindpet.delta.ptuning2.layer", "mindpet.delta.prefix_attention",
     "mindpet.delta.r_drop", "mindpet.freeze", "mindpet.parallel.check", "mindpet.injection.inject",
     "mindpet.injection.plan", "mindpet.injection.merge", "mindpet.injection.summary", "mindpet.checkpoint.atomic",
-    "mindpet.checkpoint.callback", "mindpet.checkpoint.guard", "mindpet.checkpoint.loader",
+    "mindpet.checkpoint.adapter_files", "mindpet.checkpoint.callback", "mindpet.checkpoint.guard", "mindpet.checkpoint.loader",
     "mindpet.checkpoint.selection", "mindpet.checkpoint.sliced", "mindpet.utils.validation",
 }
 

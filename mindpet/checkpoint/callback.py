@@ -11,18 +11,21 @@ import time
 from mindspore import Tensor
 from mindspore.train import Callback, CheckpointConfig
 
+from mindpet.checkpoint.adapter_files import delta_file_contents, write_adapter_directory
 from mindpet.checkpoint.atomic import remove_stale_staging_dirs, save_atomically
 from mindpet.checkpoint.formats import CHECKPOINT_FORMATS, TRAINING_COUNTER_KEYS, check_encryption_mode
 from mindpet.checkpoint.guard import training_problems
 from mindpet.checkpoint.selection import trained_parameters
 from mindpet.utils.logger import logger
-from mindpet.utils.validation import argument_error, quote_value
+from mindpet.utils.validation import argument_error, check_bool, quote_value
 
 _OWNER = "TrainableParamsCheckPoint"
 # MindSpore refuses these CheckpointConfig settings together with format='safetensors': name and default.
 _SAFETENSORS_DEFAULTS = (("enc_key", None), ("enc_mode", "AES-GCM"))
 _WRITER_THREAD_NAME = "mindpet_delta_checkpoint_writer"
 _BREAKPOINT_SUFFIX = "_breakpoint"
+# The adapter directory written beside the checkpoints with save_adapter=True: <prefix>_adapter.
+ADAPTER_SUFFIX = "_adapter"
 
 
 def _check_config(config):
@@ -100,6 +103,10 @@ class TrainableParamsCheckPoint(Callback):
             Default: ``None``.
         config (CheckpointConfig, optional): The saving strategy. ``None`` means ``CheckpointConfig()``.
             Default: ``None``.
+        save_adapter (bool): Whether each save also writes the delta with its config as an adapter directory
+            (see :func:`~mindpet.save_delta`) named ``<prefix>_adapter`` beside the files; it is replaced at every
+            save, so it holds the newest delta, and loads with :func:`~mindpet.load_delta` into a bare base.
+            Default: ``False``.
 
     Inputs:
         - **run_context** (RunContext) - Passed by `Model.train` to each hook.
@@ -113,8 +120,10 @@ class TrainableParamsCheckPoint(Callback):
             non-default `enc_mode`, `enc_mode` is not ``'AES-GCM'``, ``'AES-CBC'`` or ``'SM4-CBC'``, or the config
             asks for `remove_redundancy` or `incremental`, which this callback does not implement. When training
             begins or a save triggers, if the saved network has no trainable parameter.
-        TypeError: If `directory` is not a str, os.PathLike, callable or None, or `config` is not a
-            `CheckpointConfig`.
+        TypeError: If `directory` is not a str, os.PathLike, callable or None, `config` is not a
+            `CheckpointConfig`, or `save_adapter` is not a bool.
+        ValueError: With `save_adapter`, when a save triggers, if the network holds no delta or deltas of several
+            methods (see :func:`~mindpet.save_delta`).
 
     Examples:
         >>> import os
@@ -142,9 +151,10 @@ class TrainableParamsCheckPoint(Callback):
         ['2.bias', '2.weight']
     """
 
-    def __init__(self, prefix='DELTA_CKP', directory=None, config=None):
+    def __init__(self, prefix='DELTA_CKP', directory=None, config=None, save_adapter=False):
         super().__init__()
         self._config = _check_config(CheckpointConfig() if config is None else config)
+        self._save_adapter = check_bool(save_adapter, "save_adapter", _OWNER)
         self._prefix_func = prefix if callable(prefix) else None
         self._prefix = None if self._prefix_func else _check_prefix(prefix)
         self._directory_func = directory if callable(directory) else None
@@ -311,20 +321,24 @@ class TrainableParamsCheckPoint(Callback):
         # Each write gets its own copy: the next save updates the counters while a background write may still run.
         append_dict = {key: _snapshot(value) if isinstance(value, Tensor) else value
                        for key, value in self._append_dict.items()}
-        return entries, append_dict, file_path
+        adapter = (delta_file_contents(self._saved_network(cb_params), None, _OWNER) if self._save_adapter
+                   else None)
+        return entries, append_dict, file_path, adapter
 
     def _save_breakpoint(self, cb_params):
         """Write the delta as ``<prefix>-<epoch>_<step>_breakpoint.<format>`` after training raised."""
         prefix, directory = self._location(cb_params)
         file_path = os.path.join(directory, f"{prefix}-{cb_params.cur_epoch_num}_{cb_params.cur_step_num}"
                                             f"{_BREAKPOINT_SUFFIX}.{self._config.format}")
-        entries, append_dict, _ = self._write_args(cb_params, file_path)
+        entries, append_dict, _, _ = self._write_args(cb_params, file_path)
         save_atomically(entries, append_dict, file_path, self._config)
         logger.warning("For '%s', training raised; the trained parameters were saved to '%s' (exception_save).",
                        _OWNER, file_path)
 
-    def _write(self, entries, append_dict, file_path, prefix, previous_keep_time):
+    def _write(self, entries, append_dict, file_path, adapter, prefix, previous_keep_time):
         save_atomically(entries, append_dict, file_path, self._config)
+        if adapter is not None:
+            write_adapter_directory(os.path.join(os.path.dirname(file_path), prefix + ADAPTER_SUFFIX), *adapter)
         # Old files go only once the new one is in place, so a failed save never costs an older file.
         self._remove_outdated_files(file_path, prefix, previous_keep_time)
 

@@ -1,5 +1,4 @@
 """Loading checkpoints into a network with delta cells: the pretrained base weights, then the delta."""
-import json
 import os
 from typing import NamedTuple
 
@@ -7,6 +6,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
 from mindpet.checkpoint.formats import TRAINING_COUNTER_KEYS, check_encryption_mode, checkpoint_format
+from mindpet.checkpoint.safetensors_file import METADATA_KEY, SafetensorsError, read_header
 from mindpet.checkpoint.selection import trained_parameters
 from mindpet.delta.base.mergeable import merged_cells
 from mindpet.utils.logger import logger
@@ -15,7 +15,8 @@ from mindpet.utils.validation import argument_error, check_bool, check_str, quot
 
 
 class DeltaLoadResult(NamedTuple):
-    """What :func:`load_delta_checkpoint` found: names it expected but missed, and names it could not place."""
+    """What :func:`load_delta_checkpoint` and :func:`~mindpet.load_delta` found: names they expected but missed, and
+    names they could not place."""
     missing: list[str]
     unexpected: list[str]
 
@@ -28,17 +29,13 @@ class BaseLoadResult(NamedTuple):
 
 
 def _safetensors_is_empty(path):
-    """Whether a safetensors file's header lists no tensor (the format: an 8-byte little-endian header length, then
-    the JSON header). A file that is no safetensors file at all is left for MindSpore to report."""
-    with open(path, "rb") as file:
-        header_length = int.from_bytes(file.read(8), "little")
-        if header_length > os.path.getsize(path) - 8:
-            return False
-        try:
-            header = json.loads(file.read(header_length))
-        except ValueError:
-            return False
-    return isinstance(header, dict) and not any(key != "__metadata__" for key in header)
+    """Whether a safetensors file's header lists no tensor. A file that is no safetensors file at all is left for
+    MindSpore to report."""
+    try:
+        header, _ = read_header(path)
+    except SafetensorsError:
+        return False
+    return not any(key != METADATA_KEY for key in header)
 
 
 def _read_checkpoint(ckpt_file_name, owner, dec_key=None, dec_mode="AES-GCM"):

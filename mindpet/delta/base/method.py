@@ -3,6 +3,7 @@ import dataclasses
 import fnmatch
 from typing import Callable, Optional
 
+from mindpet.delta.base.file_format import AdapterFormat, native_format
 from mindpet.delta.base.mergeable import MergeableDense
 from mindpet.utils.naming import is_delta_param
 
@@ -28,6 +29,9 @@ class DeltaMethod:
         host_strategies (Callable, optional): ``host_strategies(host, cell) -> dict``, the ``shard()`` arguments
             of the built cell derived from the strategies set on the host (``host.split``, a
             :class:`~mindpet.parallel.derive.DenseSplit`, and ``host.bias_strategy``).
+        adapter_format (AdapterFormat): how :func:`mindpet.save_delta` writes the method's delta and
+            :func:`mindpet.load_delta` reads it (see :mod:`mindpet.delta.base.file_format`). Default: the method's
+            parameters under their mindpet names, with ``peft_type`` ``'MINDPET_<NAME>'``.
     """
 
     name: str
@@ -38,6 +42,12 @@ class DeltaMethod:
     build: Optional[Callable] = None
     added_params: Optional[Callable] = None
     host_strategies: Optional[Callable] = None
+    adapter_format: Optional[AdapterFormat] = None
+
+    def __post_init__(self):
+        if self.adapter_format is None:
+            # A frozen dataclass sets its own fields through object.__setattr__.
+            object.__setattr__(self, "adapter_format", native_format(f"MINDPET_{self.name.upper()}", self.config_class))
 
     @property
     def injectable(self):

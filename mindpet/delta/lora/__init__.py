@@ -3,6 +3,7 @@ of the same cell and config. ``mindpet.delta.lora.LoRADense`` is the MindPet man
 from mindpet.delta.base.method import DeltaMethod
 from mindpet.delta.lora.config import LoraConfig
 from mindpet.delta.lora.layer import LoRADense
+from mindpet.delta.lora.peft_format import LORA_FORMAT
 from mindpet.injection.hosts import adopt_base_parameters, dense_arguments
 from mindpet.injection.targeting import pattern_value
 from mindpet.parallel.derive import dense_strategies
@@ -61,6 +62,7 @@ def _dora_strategies(split):
 
 
 METHOD = DeltaMethod(name="lora", cell_types=(LoRADense,), config_class=LoraConfig, build=_build,
-                     added_params=_added_params, host_strategies=_host_strategies)
+                     added_params=_added_params, host_strategies=_host_strategies,
+                     adapter_format=LORA_FORMAT)
 
 __all__ = ["LoRADense", "LoraConfig", "METHOD"]

@@ -1,0 +1,695 @@
+"""Adapter directories: a delta with the config that made it, in Hugging Face PEFT's layout where PEFT has the method.
+
+An adapter directory holds ``adapter_config.json`` (``peft_type``, the method's hyperparameters, the adapted module
+paths as ``target_modules`` and ``modules_to_save``) and ``adapter_model.safetensors`` (the delta tensors and the
+saved modules). mindpet's own metadata (its version, MindSpore's, the format version and the base fingerprint: the
+shape of every weight the delta adapts) goes into the safetensors header, which PEFT ignores, so that no PEFT
+version meets a JSON key it does not know. How each method names its fields and tensors is its
+:class:`~mindpet.delta.base.file_format.AdapterFormat` in the registry.
+"""
+import json
+import os
+import re
+import shutil
+from typing import NamedTuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn
+from mindspore import dtype as mstype
+
+from mindpet.checkpoint.atomic import make_staging_dir
+from mindpet.checkpoint.loader import DeltaLoadResult
+from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors
+from mindpet.checkpoint.selection import trained_parameters
+from mindpet.delta.base.file_format import PEFT_BOOKKEEPING_KEYS
+from mindpet.delta.base.mergeable import merged_cells
+from mindpet.injection.inject import CONFIGS_ATTR, get_delta_model
+from mindpet.injection.targeting import entry_matches
+from mindpet.injection.tree import replace_cells
+from mindpet.registry import METHODS, get_method, method_of_cell
+from mindpet.utils.logger import logger
+from mindpet.utils.naming import DELTA_PREFIX
+from mindpet.utils.validation import argument_error, check_bool, check_str, quote_names, quote_value
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+FORMAT_NAME = "mindpet-adapter"
+FORMAT_VERSION = "1"
+# safetensors metadata keys.
+META_FORMAT, META_FORMAT_VERSION, META_FINGERPRINT = "format", "mindpet_format_version", "base_fingerprint"
+META_MINDPET_VERSION, META_MINDSPORE_VERSION = "mindpet_version", "mindspore_version"
+# JSON fields written for every method.
+_COMMON_KEYS = frozenset({"peft_type", "target_modules", "modules_to_save"})
+
+
+class DeltaTensor(NamedTuple):
+    """One tensor of a delta: the module that holds it (cell path), its name there, and the Parameter."""
+    module: str
+    local: str
+    param: object
+
+
+class NetworkDelta(NamedTuple):
+    """What :func:`find_delta` found in a network: the method, its config (None for cells written in the source),
+    the adapted cells by path (None values for BitFit, which has no cells), its tensors and the saved modules'."""
+    method: object
+    config: object
+    cells: dict
+    tensors: list
+    saved: list
+
+
+def join_path(module, local):
+    """``module.local``, or ``local`` for a parameter of the root cell."""
+    return f"{module}.{local}" if module else local
+
+
+def path_mapper(key_map, owner):
+    """A function that maps a module path by ``key_map``: None (unchanged), a callable ``path -> path``, or a dict of
+    path prefixes (the longest that matches whole components wins; ``''`` matches every path, so ``{'': 'bert'}``
+    moves everything under ``bert``).
+
+    Raises:
+        TypeError: `key_map` is none of these, or the callable returns no str.
+    """
+    if key_map is None:
+        return lambda path: path
+    if callable(key_map):
+        def mapped(path):
+            result = key_map(path)
+            if not isinstance(result, str):
+                raise argument_error(TypeError, owner, "key_map", f"a callable returning a str for {path!r}", result)
+            return result
+        return mapped
+    if not isinstance(key_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in key_map.items()):
+        raise argument_error(TypeError, owner, "key_map", "None, a dict of str path prefixes to str, or a callable",
+                             key_map)
+    prefixes = sorted(key_map, key=len, reverse=True)
+
+    def by_prefix(path):
+        for old in prefixes:
+            if not old or path == old or path.startswith(old + "."):
+                rest = path[len(old):].lstrip(".") if old else path
+                return ".".join(part for part in (key_map[old], rest) if part)
+        return path
+    return by_prefix
+
+
+def base_fingerprint(cell):
+    """What the delta assumes of the base weight of ``cell``: ``{'shape': [out, in]}``, or what the cell's own
+    ``base_fingerprint()`` says (a quantized base adds its quantization). None for a cell without a ``weight``."""
+    describe = getattr(cell, "base_fingerprint", None)
+    if callable(describe):
+        return describe()
+    weight = getattr(cell, "weight", None)
+    return None if weight is None else {"shape": list(weight.shape)}
+
+
+def _split_param(param):
+    """A parameter as a :class:`DeltaTensor` of the module its name's last ``'.'`` separates."""
+    module, _, local = param.name.rpartition(".")
+    return DeltaTensor(module, local, param)
+
+
+def _warn_unasked(saved, config, method, owner):
+    """Say which saved parameters nobody listed in ``modules_to_save``: an unfrozen base would be saved whole."""
+    wanted = (config.modules_to_save if config is not None else None) or []
+    unasked = [t.param.name for t in saved if not any(entry_matches(entry, t.module) for entry in wanted)]
+    if unasked:
+        logger.warning("%s: %d trained parameters outside the %s delta are saved with it as modules to save: %s. "
+                       "Freeze them (freeze_delta) if they should not be.", owner, len(unasked), method.name,
+                       quote_names(unasked))
+
+
+def _bitfit_delta(network, owner):
+    """BitFit: the trained biases, except those of modules whose other parameters train too (saved whole)."""
+    bitfit = get_method("bitfit")
+    trained = [_split_param(param) for param in trained_parameters(network)]
+    saved_modules = {t.module for t in trained if not bitfit.owns_parameter(t.param.name)}
+    tensors = [t for t in trained if bitfit.owns_parameter(t.param.name) and t.module not in saved_modules]
+    if not tensors:
+        raise ValueError(f"For '{owner}', the network holds no delta cell of any method "
+                         f"({[m.name for m in METHODS if m.cell_types]}) and "
+                         + ("trains no bias (BitFit)" if trained else "trains no parameter")
+                         + ": there is no delta to save. Apply a method first (get_delta_model or freeze_delta).")
+    saved = [t for t in trained if t.module in saved_modules]
+    _warn_unasked(saved, None, bitfit, owner)
+    return NetworkDelta(bitfit, None, {tensor.module: None for tensor in tensors}, tensors, saved)
+
+
+def find_delta(network, owner):
+    """The one delta method ``network`` holds, its cells, its tensors and the other trained parameters.
+
+    Delta parameters are those each method's cells own (trained or not); every other trained parameter (a head in
+    ``modules_to_save``, say) is saved beside them. A network with no delta cell that trains biases holds BitFit.
+
+    Raises:
+        ValueError: the network holds no delta, or deltas of more than one method.
+    """
+    found = [(path, cell, method_of_cell(cell)) for path, cell in network.cells_and_names()]
+    found = [(path, cell, method) for path, cell, method in found if method is not None]
+    if not found:
+        return _bitfit_delta(network, owner)
+    methods = sorted({method.name for _, _, method in found})
+    if len(methods) > 1:
+        raise ValueError(f"For '{owner}', the network holds deltas of several methods {methods}; an adapter "
+                         f"directory holds one method, as in PEFT.")
+    method = found[0][2]
+    tensors, cells = [], {}
+    for path, cell, _ in found:
+        owned = [(local, param) for local, param in cell.parameters_and_names() if method.owns_parameter(param.name)]
+        # A parameter is named by its path in the user's network, also when `network` wraps it (a training cell).
+        local, param = owned[0]
+        module = param.name[:-len(local)].rstrip(".") if param.name.endswith(local) else path
+        cells[module] = cell
+        tensors.extend(DeltaTensor(module, local, param) for local, param in owned)
+    delta_ids = {id(tensor.param) for tensor in tensors}
+    saved = [_split_param(param) for param in trained_parameters(network) if id(param) not in delta_ids]
+    configs = next((getattr(cell, CONFIGS_ATTR) for _, cell in network.cells_and_names()
+                    if getattr(cell, CONFIGS_ATTR, None)), {})
+    config = configs.get(method.name)
+    _warn_unasked(saved, config, method, owner)
+    return NetworkDelta(method, config, cells, tensors, saved)
+
+
+def _numpy_of(param):
+    """The parameter's values as NumPy, and whether they are bfloat16 (which NumPy lacks; written as BF16)."""
+    # A copy: asnumpy() can alias the parameter, which the next training step updates in place.
+    if param.dtype == mstype.bfloat16:
+        return param.astype(mstype.float32).asnumpy().copy(), True
+    return param.asnumpy().copy(), False
+
+
+def delta_file_contents(network, key_map, owner):
+    """The JSON fields, tensors and metadata :func:`save_delta` writes for ``network``.
+
+    Returns:
+        tuple(dict, dict[str, numpy.ndarray], dict[str, str], set[str]): the config, the tensors by file key, the
+        safetensors metadata, and the keys to store as bfloat16.
+    """
+    delta = find_delta(network, owner)
+    fmt = delta.method.adapter_format
+    map_out = path_mapper(key_map, owner)
+    tensors, bfloat16_keys, sources = {}, set(), {}
+    for tensor, is_delta in [(t, True) for t in delta.tensors] + [(t, False) for t in delta.saved]:
+        local = fmt.file_name(tensor.local) if is_delta else tensor.local
+        key = fmt.key_prefix + join_path(map_out(tensor.module), local)
+        if key in tensors:
+            raise ValueError(f"For '{owner}', the parameters {sources[key]!r} and {tensor.param.name!r} both map to "
+                             f"the file key {key!r}; check the argument 'key_map'.")
+        values, is_bfloat16 = _numpy_of(tensor.param)
+        tensors[key] = values.reshape(fmt.file_shape(tensor.local, values.shape)) if is_delta else values
+        sources[key] = tensor.param.name
+        if is_bfloat16:
+            bfloat16_keys.add(key)
+    file_cells = {map_out(path): cell for path, cell in delta.cells.items()}
+    fields = {"peft_type": fmt.peft_type}
+    if fmt.to_json is not None:
+        fields.update(fmt.to_json(delta.config, file_cells))
+    fields["target_modules"] = sorted(file_cells)
+    fields["modules_to_save"] = sorted({map_out(tensor.module) for tensor in delta.saved}) or None
+    fingerprint = {join_path(path, "weight"): base_fingerprint(cell) for path, cell in sorted(file_cells.items())
+                   if base_fingerprint(cell) is not None}
+    return fields, tensors, adapter_metadata(fingerprint), bfloat16_keys
+
+
+def adapter_metadata(fingerprint):
+    """The safetensors metadata of an adapter file: format and versions, and the base fingerprint when known."""
+    import mindpet  # pylint: disable=import-outside-toplevel; the package imports this module
+    metadata = {META_FORMAT: FORMAT_NAME, META_FORMAT_VERSION: FORMAT_VERSION,
+                META_MINDPET_VERSION: mindpet.__version__, META_MINDSPORE_VERSION: ms.__version__}
+    if fingerprint is not None:
+        metadata[META_FINGERPRINT] = json.dumps(fingerprint, sort_keys=True)
+    return metadata
+
+
+def _check_replaceable(directory, owner):
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise argument_error(ValueError, owner, "directory", "a folder path (it names an existing file)", directory)
+    if os.path.isdir(directory):
+        others = sorted(set(os.listdir(directory)) - set(ADAPTER_FILES))
+        if others:
+            raise ValueError(f"For '{owner}', the folder {quote_value(directory)} exists and holds files other than "
+                             f"an adapter's ({quote_names(others)}); it is not replaced. Choose a new or an adapter "
+                             f"folder.")
+
+
+def write_adapter_directory(directory, fields, tensors, metadata, bfloat16_keys=()):
+    """Write an adapter directory so that ``directory`` holds either its old content or the complete new one.
+
+    Both files are written into a staging folder beside ``directory``, which is then renamed onto it; an existing
+    adapter directory is moved aside first and removed afterwards (or put back if the rename fails).
+    """
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = make_staging_dir(parent)
+    retired = None
+    try:
+        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as config_file:
+            json.dump(fields, config_file, indent=2, sort_keys=True)
+            config_file.write("\n")
+        write_safetensors(os.path.join(staging, WEIGHTS_FILE), tensors, metadata, bfloat16_keys)
+        umask = os.umask(0)
+        os.umask(umask)
+        # mkdtemp makes the folder private; the adapter directory gets the usual permissions.
+        os.chmod(staging, 0o777 & ~umask)
+        if os.path.isdir(directory):
+            retired = os.path.join(make_staging_dir(parent), "retired")
+            os.rename(directory, retired)
+        try:
+            os.rename(staging, directory)
+        except OSError:
+            if retired is not None:
+                os.rename(retired, directory)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None:
+            shutil.rmtree(os.path.dirname(retired), ignore_errors=True)
+
+
+def save_delta(network, directory, key_map=None):
+    """Save the delta of ``network`` with its config as an adapter directory.
+
+    The directory gets ``adapter_config.json`` (the method's config: ``peft_type``, its hyperparameters, the adapted
+    module paths as ``target_modules``, and ``modules_to_save``) and ``adapter_model.safetensors`` (the delta
+    tensors and the other trained parameters, never optimizer state). LoRA is written in Hugging Face PEFT's layout,
+    so ``PeftModel.from_pretrained`` reads it; other methods use a ``peft_type`` of their own (see
+    ``docs/adapter_files.md``). mindpet's version, MindSpore's, the format version and the base fingerprint (the
+    shape of each adapted weight) go into the safetensors metadata. The directory appears complete or not at all: the
+    files are written into a staging folder that is renamed onto `directory`. An existing adapter directory there is
+    replaced; a folder holding other files is refused.
+
+    Args:
+        network (mindspore.nn.Cell): the network with its delta: cells injected by
+            :func:`~mindpet.get_delta_model` (whose config is recorded) or written in the model source, or BitFit
+            (no delta cell, only biases train).
+        directory (str): the adapter directory to create or replace; missing parent folders are created.
+        key_map (Union[dict, Callable], optional): maps the network's module paths to the paths written in the file
+            (e.g. the torch model's): a dict of path prefixes (``{'bert': ''}`` drops a leading ``bert.``) or a
+            callable. Default: ``None`` (the network's paths).
+
+    Returns:
+        str, `directory`.
+
+    Raises:
+        TypeError: `network` is not a Cell, `directory` not a str, `key_map` not a dict of str or a callable.
+        ValueError: the network holds no delta, or deltas of several methods; `key_map` maps two parameters to one
+            key; `directory` names a file or a folder holding other files.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from mindspore import nn
+        >>> from mindpet import LoraConfig, get_delta_model, save_delta
+        >>> net = get_delta_model(nn.SequentialCell([nn.Dense(8, 4), nn.ReLU(), nn.Dense(4, 2)]),
+        ...                       LoraConfig(target_modules=["0"], lora_rank=2, lora_alpha=4))
+        >>> folder = save_delta(net, os.path.join(tempfile.mkdtemp(), "adapter"))
+        >>> sorted(os.listdir(folder))
+        ['adapter_config.json', 'adapter_model.safetensors']
+    """
+    owner = "save_delta"
+    if not isinstance(network, nn.Cell):
+        raise argument_error(TypeError, owner, "network", "a mindspore.nn.Cell", network)
+    check_str(directory, "directory", owner)
+    if not directory:
+        raise argument_error(ValueError, owner, "directory", "a non-empty path", directory)
+    fields, tensors, metadata, bfloat16_keys = delta_file_contents(network, key_map, owner)
+    _check_replaceable(directory, owner)
+    write_adapter_directory(directory, fields, tensors, metadata, bfloat16_keys)
+    logger.info("%s: wrote %d tensors of %s to '%s'.", owner, len(tensors), fields["peft_type"], directory)
+    return directory
+
+
+class AdapterFiles(NamedTuple):
+    """An adapter directory as read: the JSON fields, the tensors by file key and the safetensors metadata."""
+    directory: str
+    fields: dict
+    tensors: dict
+    metadata: dict
+
+
+def read_adapter_directory(directory, owner):
+    """Read both files of an adapter directory, refusing a missing or malformed one with a message naming it.
+
+    Raises:
+        FileNotFoundError: the folder or one of its two files does not exist.
+        ValueError: the JSON is not an object with a str ``peft_type``, or the tensor file is malformed or empty.
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"For '{owner}', the adapter directory {quote_value(directory)} does not exist.")
+    for name in ADAPTER_FILES:
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise FileNotFoundError(f"For '{owner}', the adapter directory {quote_value(directory)} has no '{name}' "
+                                    f"(an adapter directory holds {list(ADAPTER_FILES)}).")
+    config_path = os.path.join(directory, CONFIG_FILE)
+    try:
+        with open(config_path, encoding="utf-8") as config_file:
+            fields = json.load(config_file)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"For '{owner}', {quote_value(config_path)} is not valid JSON: {err}.") from err
+    if not isinstance(fields, dict) or not isinstance(fields.get("peft_type"), str):
+        raise ValueError(f"For '{owner}', {quote_value(config_path)} must be a JSON object with a str 'peft_type'.")
+    weights_path = os.path.join(directory, WEIGHTS_FILE)
+    tensors, metadata = read_safetensors(weights_path)
+    if not tensors:
+        raise ValueError(f"For '{owner}', {quote_value(weights_path)} holds no tensors: loading it would change "
+                         f"nothing.")
+    return AdapterFiles(directory, fields, tensors, metadata)
+
+
+def method_of_peft_type(peft_type, owner, source):
+    """The registry record whose format has ``peft_type``.
+
+    Raises:
+        ValueError: no method has it (the message lists the known types).
+    """
+    for method in METHODS:
+        if method.adapter_format.peft_type == peft_type:
+            return method
+    known = [method.adapter_format.peft_type for method in METHODS]
+    raise ValueError(f"For '{owner}', {source} has peft_type {quote_value(peft_type)}, which mindpet cannot load; "
+                     f"it loads {known}.")
+
+
+def check_fields(fields, method, source, owner):
+    """Refuse settings mindpet would misread; warn once about fields it does not know (those set to something)."""
+    fmt = method.adapter_format
+    for key, required in fmt.required_values.items():
+        value = fields.get(key, required)
+        if value != required and (value or required):
+            raise ValueError(f"For '{owner}', {source} sets {key}={quote_value(value)}; mindpet computes {method.name} "
+                             f"only with {key}={required!r}, so it refuses the file rather than misread it.")
+    known = fmt.json_keys | PEFT_BOOKKEEPING_KEYS | _COMMON_KEYS | set(fmt.required_values)
+    unknown = sorted(key for key, value in fields.items() if key not in known and value not in (None, False, {}, []))
+    if unknown:
+        logger.warning("%s: %s has fields this version of mindpet does not know; they are ignored: %s.", owner,
+                       source, quote_names(unknown))
+
+
+class _Entry(NamedTuple):
+    """A tensor of the file placed in the network: its file key, parameter name, module path in the file and in the
+    network, its name in the cell, and whether it is part of the delta (not a saved module)."""
+    key: str
+    name: str
+    file_module: str
+    module: str
+    local: str
+    is_delta: bool
+
+
+def _split_key(rest, method, saved_modules=None):
+    """``(module path, name in the file, is delta)`` of a file key without its prefix; ``saved_modules`` are the
+    file's ``modules_to_save``."""
+    fmt = method.adapter_format
+    for entry in fmt.tensor_names:
+        if rest == entry.file or rest.endswith("." + entry.file):
+            return rest[:-len(entry.file)].rstrip("."), entry.file, True
+    parts = rest.split(".")
+    for index, part in enumerate(parts):
+        if part.startswith(DELTA_PREFIX):
+            return ".".join(parts[:index]), ".".join(parts[index:]), True
+    module, _, local = rest.rpartition(".")
+    # A parameter the method trains in place (BitFit's biases), unless it belongs to a saved module.
+    is_delta = (method.trains_pattern is not None and method.owns_parameter(rest)
+                and module not in (saved_modules or ()))
+    return module, local, is_delta
+
+
+def place_entries(files, method, map_in):
+    """Every tensor key of ``files`` placed in the network's naming (``map_in`` maps file module paths)."""
+    fmt = method.adapter_format
+    saved_modules = set(files.fields.get("modules_to_save") or ())
+    entries = []
+    for key in files.tensors:
+        if not key.startswith(fmt.key_prefix):
+            entries.append(_Entry(key, key, "", "", key, False))
+            continue
+        file_module, file_local, is_delta = _split_key(key[len(fmt.key_prefix):], method, saved_modules)
+        module = map_in(file_module)
+        local = fmt.local_name(file_local) if is_delta else file_local
+        entries.append(_Entry(key, join_path(module, local), file_module, module, local, is_delta))
+    return entries
+
+
+def _remap_pattern_key(key, mapper):
+    """A pattern key that is an exact (escaped) path, mapped; any other regular expression as it is."""
+    path = re.sub(r"\\(.)", r"\1", key)
+    return re.escape(mapper(path)) if re.escape(path) == key else key
+
+
+def remap_adapter(files, method, mapper, owner):
+    """The fields, tensors and metadata of the adapter ``files`` with every module path mapped by ``mapper``: the
+    tensor keys, ``target_modules`` and ``modules_to_save`` lists, exact-path keys of the pattern fields and the
+    fingerprint.
+
+    Raises:
+        ValueError: two tensors map to one key.
+    """
+    fmt = method.adapter_format
+    tensors = {}
+    for key, value in files.tensors.items():
+        new_key = key
+        if key.startswith(fmt.key_prefix):
+            module, local, _ = _split_key(key[len(fmt.key_prefix):], method)
+            new_key = fmt.key_prefix + join_path(mapper(module), local)
+        if new_key in tensors:
+            raise ValueError(f"For '{owner}', two tensors map to the key {quote_value(new_key)}; check the key map.")
+        tensors[new_key] = value
+    fields = dict(files.fields)
+    for name in ("target_modules", "modules_to_save"):
+        if isinstance(fields.get(name), list):
+            fields[name] = sorted(mapper(path) for path in fields[name])
+    for name in fmt.pattern_fields:
+        fields[name] = {_remap_pattern_key(key, mapper): value for key, value in (fields.get(name) or {}).items()}
+    metadata = dict(files.metadata)
+    fingerprint = json.loads(metadata.get(META_FINGERPRINT) or "{}")
+    if fingerprint:
+        metadata[META_FINGERPRINT] = json.dumps({join_path(mapper(path.rpartition(".")[0]), "weight"): value
+                                                 for path, value in fingerprint.items()}, sort_keys=True)
+    return fields, tensors, metadata
+
+
+def check_fingerprint(files, cells_by_path, map_in, owner):
+    """Refuse a base whose adapted weights differ from those the delta was made on, naming the first that does."""
+    recorded = json.loads(files.metadata.get(META_FINGERPRINT, "{}") or "{}")
+    for weight_path in sorted(recorded):
+        module, _, _ = weight_path.rpartition(".")
+        cell_path = map_in(module)
+        found = base_fingerprint(cells_by_path[cell_path]) if cell_path in cells_by_path else None
+        if found != recorded[weight_path]:
+            what = "no such layer (is 'key_map' right?)" if cell_path not in cells_by_path else found
+            raise ValueError(f"For '{owner}', the base network does not match the one the delta in "
+                             f"{quote_value(files.directory)} was made on: the first differing weight is "
+                             f"{quote_value(join_path(cell_path, 'weight'))} (file: {quote_value(weight_path)}), "
+                             f"recorded as {recorded[weight_path]}, found {what}.")
+
+
+class _InjectionUndo:
+    """What :func:`get_delta_model` changes in a network, recorded so that a failed load can put it back."""
+
+    _ABSENT = object()
+
+    def __init__(self, network, paths):
+        cells = dict(network.cells_and_names())
+        self.originals = {path: cells[path] for path in paths}
+        self.trainable = [(param, param.requires_grad) for param in network.get_parameters()]
+        self.configs = getattr(network, CONFIGS_ATTR, self._ABSENT)
+
+    def restore(self, network):
+        replace_cells(network, self.originals)
+        for param, requires_grad in self.trainable:
+            param.requires_grad = requires_grad
+        if self.configs is self._ABSENT:
+            delattr(network, CONFIGS_ATTR)
+        else:
+            setattr(network, CONFIGS_ATTR, self.configs)
+
+
+def _settings_mismatch(fmt, targets, cells_by_path):
+    """The first ``(path, setting, network value, file value)`` where a held cell disagrees with the file."""
+    for path, wanted in sorted(targets.items()):
+        held = fmt.cell_settings(cells_by_path[path])
+        for setting, value in wanted.items():
+            if held.get(setting) != value:
+                return path, setting, held.get(setting), value
+    return None
+
+
+def _prepare_cells(network, files, method, entries, owner):
+    """Check that the network can take the delta, and inject the method's cells if it has none yet.
+
+    Returns:
+        _InjectionUndo or None: how to undo the injection, None when nothing was injected.
+    """
+    fmt = method.adapter_format
+    source = quote_value(os.path.join(files.directory, CONFIG_FILE))
+    cells_by_path = dict(network.cells_and_names())
+    file_modules = {entry.module: entry.file_module for entry in entries if entry.is_delta}
+    if not method.cell_types:
+        return None
+    holding = [path for path in file_modules if method_of_cell(cells_by_path.get(path)) is method]
+    if not holding and (fmt.from_json is None or not method.injectable):
+        raise ValueError(f"For '{owner}', the network holds no {method.name} cell at "
+                         f"{quote_names(sorted(file_modules))}, and {method.name} is applied in the model source, not "
+                         f"injected: build the network with its cells at those paths, then load.")
+    absent = sorted(path for path in file_modules if path not in cells_by_path)
+    if absent:
+        raise ValueError(f"For '{owner}', the delta in {quote_value(files.directory)} adapts layers the network does "
+                         f"not have: {quote_names(absent)}. Is 'key_map' right (it maps the file's module paths, "
+                         f"e.g. torch's, to the network's cell paths)?")
+    try:
+        targets = {path: fmt.target_settings(files.fields, file_module) if fmt.target_settings else {}
+                   for path, file_module in file_modules.items()}
+    except KeyError as err:
+        raise ValueError(f"For '{owner}', {source} lacks the field {err} that {method.name} needs.") from err
+    if len(holding) == len(targets):
+        mismatch = _settings_mismatch(fmt, targets, cells_by_path) if fmt.cell_settings else None
+        if mismatch:
+            path, setting, held, wanted = mismatch
+            raise ValueError(f"For '{owner}', the cell {quote_value(path)} has {setting}={held!r} but {source} "
+                             f"records {setting}={wanted!r}; the delta would compute something else than it was "
+                             f"trained to. Load it into a base network (it is injected from the file's config) or "
+                             f"build the cells with the file's settings.")
+        return None
+    if holding:
+        lacking = sorted(set(targets) - set(holding))
+        raise ValueError(f"For '{owner}', the network holds {method.name} cells at some of the layers the delta "
+                         f"adapts but not at {quote_names(lacking)}; load into a base network with none of them, or "
+                         f"one with all of them.")
+    saved_modules = sorted({entry.module for entry in entries if not entry.is_delta and entry.module})
+    try:
+        config = fmt.from_json(files.fields, targets, saved_modules)
+    except KeyError as err:
+        raise ValueError(f"For '{owner}', {source} lacks the field {err}: it records no config to inject "
+                         f"{method.name} from (it was saved from cells written in the model source). Build the "
+                         f"network with those cells, then load.") from err
+    undo = _InjectionUndo(network, sorted(targets))
+    try:
+        get_delta_model(network, config)
+    except BaseException:
+        undo.restore(network)
+        raise
+    return undo
+
+
+def _assign(network, files, method, entries, strict, owner):
+    """Check every tensor against the network and, when all fit, set them; return what was missing/unexpected."""
+    fmt = method.adapter_format
+    params = {param.name: param for param in network.get_parameters()}
+    found = {entry.name for entry in entries}
+    expected = [param.name for path, cell in network.cells_and_names() if method_of_cell(cell) is method
+                for param in cell.get_parameters() if method.owns_parameter(param.name)]
+    missing = [name for name in expected if name not in found]
+    unexpected = [entry.key for entry in entries if entry.name not in params]
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} delta parameters of the network are not in the file: "
+                            f"{quote_names(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} tensors of the file have no parameter in the network: "
+                            f"{quote_names(unexpected)}")
+        message = f"For '{owner}', {quote_value(files.directory)} does not match the network: " + "; ".join(problems)
+        if strict:
+            raise ValueError(message + ". Check 'key_map', or pass strict=False to load the rest.")
+        logger.warning("%s.", message)
+    assignments = []
+    for entry in entries:
+        if entry.name not in params:
+            continue
+        param, values = params[entry.name], files.tensors[entry.key]
+        wanted = fmt.file_shape(entry.local, param.shape) if entry.is_delta else tuple(param.shape)
+        if tuple(values.shape) != wanted:
+            raise ValueError(f"For '{owner}', the tensor {quote_value(entry.key)} has shape {tuple(values.shape)} in "
+                             f"{quote_value(files.directory)}, but the parameter {quote_value(entry.name)} needs "
+                             f"{wanted}.")
+        if np.issubdtype(values.dtype, np.floating) != (param.dtype in mstype.float_type):
+            raise ValueError(f"For '{owner}', the tensor {quote_value(entry.key)} has dtype {values.dtype}, but the "
+                             f"parameter {quote_value(entry.name)} is {param.dtype}.")
+        assignments.append((param, values.reshape(param.shape)))
+    for param, values in assignments:
+        param.set_data(Tensor(values, param.dtype))
+    return DeltaLoadResult(missing=missing, unexpected=unexpected)
+
+
+def load_delta(network, directory, strict=True, key_map=None):
+    """Load an adapter directory (written by :func:`save_delta` or by Hugging Face PEFT) into ``network``.
+
+    A network with no cells of the directory's method gets them first, injected by
+    :func:`~mindpet.get_delta_model` from the file's config at exactly the layers the file adapts (with the file's
+    rank and alpha per layer); afterwards only the delta and the saved modules train. A network that already holds
+    the cells is loaded directly, after their settings (LoRA's rank and alpha) are checked against the file's: a
+    wrong ``lora_alpha`` is refused, never loaded silently. The base fingerprint saved by mindpet (the shape of each
+    adapted weight) is checked first. Everything is checked before anything is set: when this raises, the network is
+    as it was (an injection is undone). Fields of a PEFT config that mindpet does not know are reported in one warning
+    and ignored; a setting that would change what the tensors mean (``fan_in_fan_out``, ``lora_bias``, ...) is
+    refused.
+
+    Args:
+        network (mindspore.nn.Cell): the base network, or one holding the method's cells; not merged.
+        directory (str): the adapter directory.
+        strict (bool): whether delta parameters of the network missing from the file, or tensors of the file with no
+            parameter, raise ValueError; when ``False`` they are logged as a warning and the rest is loaded.
+            Default: ``True``.
+        key_map (Union[dict, Callable], optional): maps the file's module paths (e.g. a torch model's
+            ``encoder.layer.0.attention.self.query``) to the network's cell paths: a dict of path prefixes or a
+            callable. Default: ``None`` (the same paths).
+
+    Returns:
+        DeltaLoadResult, with `missing` (delta parameters of the network absent from the file) and `unexpected` (file
+        keys that name no parameter of the network).
+
+    Raises:
+        TypeError: `network` is not a Cell, `directory` not a str, `strict` not a bool, `key_map` not a dict of str or
+            a callable.
+        FileNotFoundError: `directory` or one of its two files does not exist.
+        ValueError: a file is malformed or holds no tensor; the ``peft_type`` is not one mindpet loads; the config sets
+            something mindpet would misread; the fingerprint differs (the message names the first differing weight);
+            the file adapts layers the network lacks; held cells' settings differ from the file's; a method applied
+            in the model source has no cells to load into; a shape differs; a cell is merged; or, with `strict`,
+            parameters are missing or unexpected.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> from mindpet import LoraConfig, get_delta_model, load_delta, save_delta
+        >>> def base():
+        ...     ms.set_seed(0)
+        ...     return nn.SequentialCell([nn.Dense(8, 4), nn.ReLU(), nn.Dense(4, 2)])
+        >>> trained = get_delta_model(base(), LoraConfig(target_modules=["0"], lora_rank=2, lora_alpha=4))
+        >>> _ = trained[0].mindpet_delta_lora_b.set_data(ms.Tensor(np.full((4, 2), 0.5), ms.float32))
+        >>> folder = save_delta(trained, os.path.join(tempfile.mkdtemp(), "adapter"))
+        >>> fresh = base()
+        >>> load_delta(fresh, folder)
+        DeltaLoadResult(missing=[], unexpected=[])
+        >>> x = ms.Tensor(np.ones((3, 8)), ms.float32)
+        >>> type(fresh[0]).__name__, bool(np.allclose(fresh(x).asnumpy(), trained(x).asnumpy()))
+        ('LoRADense', True)
+    """
+    owner = "load_delta"
+    if not isinstance(network, nn.Cell):
+        raise argument_error(TypeError, owner, "network", "a mindspore.nn.Cell", network)
+    check_str(directory, "directory", owner)
+    check_bool(strict, "strict", owner)
+    map_in = path_mapper(key_map, owner)
+    files = read_adapter_directory(directory, owner)
+    method = method_of_peft_type(files.fields["peft_type"], owner,
+                                 quote_value(os.path.join(directory, CONFIG_FILE)))
+    check_fields(files.fields, method, quote_value(os.path.join(directory, CONFIG_FILE)), owner)
+    merged = merged_cells(network)
+    if merged:
+        raise ValueError(f"For '{owner}', the cells {quote_names(merged)} are merged; call unmerge() on them before "
+                         f"loading a delta, or the old update stays folded into their weights.")
+    check_fingerprint(files, dict(network.cells_and_names()), map_in, owner)
+    entries = place_entries(files, method, map_in)
+    undo = _prepare_cells(network, files, method, entries, owner)
+    try:
+        return _assign(network, files, method, entries, strict, owner)
+    except BaseException:
+        if undo is not None:
+            undo.restore(network)
+        raise
