@@ -185,6 +185,10 @@ def test_errors_name_the_argument(make, error, argument):
 def test_untargeted_feedforward_entry_is_named():
     with pytest.raises(ValueError, match=r"subset of target_modules \(not targeted: \['mlp\.1'\]\)"):
         IA3Config(target_modules=["k_proj", "mlp.0"], feedforward_modules=["mlp.0", "mlp.1"])
+    # An entry naming a targeted path (as a suffix or a pattern), as in a config saved with the adapted paths.
+    for feedforward in (["mlp.1"], ["layers.*.mlp.1"]):
+        config = IA3Config(target_modules=["layers.0.attn.k_proj", "layers.0.mlp.1"], feedforward_modules=feedforward)
+        assert config.feedforward_modules == feedforward
 
 
 def test_config_round_trip_and_regex_feedforward():

@@ -3,7 +3,7 @@ import dataclasses
 from typing import List, Union
 
 from mindpet.delta.base.config import DeltaConfig
-from mindpet.injection.targeting import check_target_spec
+from mindpet.injection.targeting import check_target_spec, entry_matches
 from mindpet.utils.validation import argument_error
 
 
@@ -17,13 +17,14 @@ class IA3Config(DeltaConfig):
 {targeting_arguments}
         feedforward_modules (Union[list[str], str], optional): the targeted layers that rescale their input, in the
             forms of `target_modules`. As in PEFT they must be targeted too: when both fields are lists, every entry
-            of `feedforward_modules` must be an entry of `target_modules`. Default: ``None`` (none).
+            of `feedforward_modules` must name an entry of `target_modules` (the entry itself, a suffix of it, or a
+            pattern matching it, as it would name a path). Default: ``None`` (none).
 
     Raises:
         TypeError: `feedforward_modules` is not a list of str, a str or None; and as
             :class:`~mindpet.delta.base.config.DeltaConfig`.
         ValueError: `feedforward_modules` is an empty list, holds an empty entry, is a regular expression that does
-            not compile, or (both fields lists) holds an entry that `target_modules` lacks; and as
+            not compile, or (both fields lists) holds an entry that names no entry of `target_modules`; and as
             :class:`~mindpet.delta.base.config.DeltaConfig`.
 
     Examples:
@@ -47,7 +48,8 @@ class IA3Config(DeltaConfig):
         self.feedforward_modules = check_target_spec(self.feedforward_modules, "feedforward_modules", owner,
                                                      required=False)
         if isinstance(self.feedforward_modules, list) and isinstance(self.target_modules, list):
-            untargeted = [entry for entry in self.feedforward_modules if entry not in self.target_modules]
+            untargeted = [entry for entry in self.feedforward_modules
+                          if not any(entry_matches(entry, target) for target in self.target_modules)]
             if untargeted:
                 raise argument_error(ValueError, owner, "feedforward_modules",
                                      f"a subset of target_modules (not targeted: {untargeted[:10]})",
