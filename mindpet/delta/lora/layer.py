@@ -59,7 +59,7 @@ class LoRADense(ShardValidated, MergeableDense):
     and float32 parameters, within float16 rounding (up to about 1e-3 of the largest output) with the default
     float16.
 
-    With ``use_rslora`` (rank-stabilized LoRA, Kalajievski 2023) the scale is :math:`s = lora\_alpha /
+    With ``use_rslora`` (rank-stabilized LoRA, Kalajdzievski 2023) the scale is :math:`s = lora\_alpha /
     \sqrt{lora\_rank}`, which keeps the update's size steady as the rank grows.
 
     With ``use_dora`` (DoRA, Liu et al. 2024) the layer learns each output row's length and direction apart: a
