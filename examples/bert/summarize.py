@@ -3,8 +3,8 @@
 For each method the learning rate is the one with the best held-out accuracy on the first seed; the main table
 averages every seed run at that rate. Step time comes from the short back-to-back timing runs (the grid's own
 step times depend on what else the shared machine ran meanwhile), each over the full fine-tuning run of its own
-batch (the last one before it in the file); peak memory is the smallest over the method's grid runs. Both are
-relative to full fine-tuning's.
+batch (the last one before it in the file); peak memory is the smallest over the method's grid runs, over full
+fine-tuning's among runs with the same evaluation batch (which sets the evaluation graph's memory).
 
 Run::
 
@@ -32,8 +32,20 @@ def chosen_runs(runs, method, first_seed):
     return [run for run in runs if run["method"] == method and run["lr"] == best["lr"]], best["lr"]
 
 
-def _smallest(runs, method, key):
-    return min(run[key] for run in runs if run["method"] == method)
+def _eval_batch(run):
+    """The evaluation batch of a run; runs recorded before the field existed evaluated 100 snippets per call."""
+    return run.get("eval_batch_size", 100)
+
+
+def memory_ratio_text(runs, method):
+    """The method's smallest peak RSS over full fine-tuning's, among runs with the same evaluation batch (which
+    sets the evaluation graph's memory); without such a full run there is nothing to compare with."""
+    batches = {_eval_batch(run) for run in runs if run["method"] == method}
+    full = [run["peak_rss_mb"] for run in runs if run["method"] == "full" and _eval_batch(run) in batches]
+    if not full:
+        return "no full run with its eval batch"
+    method_rss = [run["peak_rss_mb"] for run in runs if run["method"] == method and _eval_batch(run) in batches]
+    return f"{min(method_rss) / min(full):.2f}"
 
 
 def _percent(value):
@@ -56,7 +68,6 @@ def main_table(runs, timing_runs, first_seed):
     methods = [method for method in METHOD_ORDER if any(run["method"] == method for run in runs)]
     chosen = {method: chosen_runs(runs, method, first_seed) for method in methods}
     ratios = step_ratios(timing_runs)
-    smallest_rss = {method: _smallest(runs, method, "peak_rss_mb") for method in methods}
     lines = ["| method | held-out accuracy, mean (min-max) | seeds | lr | trainable | step time / full | "
              "peak RSS / full | delta checkpoint |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -66,12 +77,11 @@ def main_table(runs, timing_runs, first_seed):
         seeds = ",".join(str(run["seed"]) for run in sorted(method_runs, key=lambda run: run["seed"]))
         # A method without a timing run yet has no comparable step time.
         step_text = f"{ratios[method]:.2f}" if method in ratios else "no timing run"
-        memory_ratio = smallest_rss[method] / smallest_rss["full"]
         size = method_runs[0]["delta_bytes"]
         size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
         lines.append(f"| {method} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "
                      f"{seeds} | {lr:g} | {_percent(method_runs[0]['trainable_percent'])} | {step_text} | "
-                     f"{memory_ratio:.2f} | {size_text} |")
+                     f"{memory_ratio_text(runs, method)} | {size_text} |")
     return "\n".join(lines)
 
 
