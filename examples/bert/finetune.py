@@ -56,7 +56,7 @@ EVAL_BATCH_SIZE = 16
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 WARMUP_SHARE = 0.1
 # The better peak learning rate of each method's two-rate grid (docs/results.md); for rslora, dora and ia3 the first
-# rate of their grid, the only one run so far.
+# rate of their grid (run_grid.py), as their second rates have not been run yet.
 DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
                "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3}
 
