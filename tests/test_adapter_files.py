@@ -17,6 +17,7 @@ from mindspore import nn
 
 from mindpet import (
     AdapterConfig,
+    IA3Config,
     LoraConfig,
     LowRankAdapterConfig,
     TrainableParamsCheckPoint,
@@ -93,7 +94,8 @@ def _delta_net(method):
         config = {"lora": LoraConfig(target_modules=["q_proj", "mlp.0"], lora_rank=2, lora_alpha=6,
                                      rank_pattern={"mlp.0": 3}, modules_to_save=["head"]),
                   "adapter": AdapterConfig(target_modules=["v_proj"], bottleneck_size=3),
-                  "low_rank_adapter": LowRankAdapterConfig(target_modules=["o_proj"], reduction_factor=4)}[method]
+                  "low_rank_adapter": LowRankAdapterConfig(target_modules=["o_proj"], reduction_factor=4),
+                  "ia3": IA3Config(target_modules=["k_proj", "mlp.1"], feedforward_modules=["mlp.1"])}[method]
         get_delta_model(trained, config)
     _randomize(trained.trainable_params(), seed=3)
     return trained, _tiny

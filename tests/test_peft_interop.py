@@ -3,7 +3,8 @@
 (a) A LoRA adapter randomised in PEFT (nonzero B, per-layer rank and alpha), saved by PEFT, loads with ``load_delta``
 into the MindSpore MiniLM and gives PEFT's ``last_hidden_state`` within 1e-4. (b) An adapter mindpet saved loads with
 ``PeftModel.from_pretrained`` and gives mindpet's outputs within 1e-4. PEFT refuses the ``peft_type`` of methods it
-lacks. Skipped only where torch, transformers or peft cannot be imported. The PEFT fixture is made here, at test
+lacks. (c) PEFT's DoRA with rsLoRA, and its IA3 with the BERT defaults, compute what mindpet's cells compute with the
+same tensors. Skipped only where torch, transformers or peft cannot be imported. The PEFT fixture is made here, at test
 time (``_make_peft_adapter``), so no binary is committed.
 """
 import json
@@ -157,3 +158,71 @@ def test_peft_refuses_the_types_of_methods_it_lacks(tmp_path):
     folder = save_delta(net, str(tmp_path / "adapter"))
     with pytest.raises(KeyError, match="MINDPET_ADAPTER"):
         peft.PeftConfig.from_pretrained(folder)
+
+
+def test_a_peft_dora_rslora_adapter_computes_the_same_in_mindspore(pretrained, pynative, tmp_path):
+    """
+    Feature: DoRA and rsLoRA against PEFT's own implementation (``use_dora=True, use_rslora=True``).
+    Description: A PEFT adapter with random A, B and magnitudes (not the row norms) on query and value, saved by
+        PEFT, loaded with ``load_delta`` into the MindSpore MiniLM.
+    Expectation: PEFT's ``last_hidden_state`` within 1e-4, and the cells are DoRA cells with the rsLoRA scale.
+    """
+    folder = str(tmp_path / "peft_dora")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False,
+                             use_dora=True, use_rslora=True)
+    model = peft.get_peft_model(_torch_bert(), config).eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+            if "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.2 * torch.rand(param.shape, generator=generator))
+    model.save_pretrained(folder)
+    batch = _batch()
+    expected = _torch_hidden(model, batch)
+    net = _mindspore_bert(pretrained)
+    assert np.abs(_mindspore_hidden(net, batch) - expected).max() > 100 * TOLERANCE
+    result = load_delta(net, folder, key_map=torch_to_cell_path)
+    assert result.missing == [] and result.unexpected == []
+    query = net.encoder.layer[0].attention.self_attention.query
+    assert query.use_dora and query.use_rslora and query.scaling == pytest.approx(8 / 2)
+    np.testing.assert_allclose(_mindspore_hidden(net, batch), expected, atol=TOLERANCE)
+
+
+def test_ia3_with_peft_bert_defaults_computes_what_peft_computes(pretrained, pynative):
+    """
+    Feature: IA3Dense and the example's IA3 targets against PEFT's IA3 with its BERT defaults.
+    Description: PEFT's ``IA3Config(task_type=None)`` on the torch MiniLM (key, value, output.dense; output.dense as
+        feed-forward) with random vectors; the same vectors set into ``IA3Config`` injected into the MindSpore MiniLM.
+    Expectation: the same adapted layers, feed-forward where PEFT's are, and PEFT's ``last_hidden_state`` within 1e-4.
+    """
+    from bert.methods import FIXED_OPTIONS, TARGETS
+
+    from mindpet import IA3Config
+
+    model = peft.get_peft_model(_torch_bert(), peft.IA3Config(target_modules=["key", "value", "output.dense"],
+                                                              feedforward_modules=["output.dense"])).eval()
+    generator = torch.Generator().manual_seed(4)
+    vectors = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ia3_l" in name:
+                param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+                path = name.split("base_model.model.", 1)[1].split(".ia3_l", 1)[0]
+                vectors[torch_to_cell_path(path)] = param.numpy().reshape(-1).copy()
+    feedforward = {torch_to_cell_path(name.split("base_model.model.", 1)[1]) for name, module in model.named_modules()
+                   if getattr(module, "is_feedforward", False)}
+    batch = _batch()
+    expected = _torch_hidden(model, batch)
+
+    net = _mindspore_bert(pretrained)
+    get_delta_model(net, IA3Config(target_modules=TARGETS["ia3"], **FIXED_OPTIONS["ia3"]))
+    cells = {path: cell for path, cell in net.cells_and_names() if hasattr(cell, "mindpet_delta_ia3_scale")}
+    assert sorted(cells) == sorted(vectors)
+    # PEFT's entry 'output.dense' names the attention output projection too: 2 feed-forward layers per block.
+    assert {path for path, cell in cells.items() if cell.feedforward} == feedforward and len(feedforward) == 12
+    for path, cell in cells.items():
+        cell.mindpet_delta_ia3_scale.set_data(ms.Tensor(vectors[path]))
+    np.testing.assert_allclose(_mindspore_hidden(net, batch), expected, atol=TOLERANCE)
+    assert np.abs(_torch_hidden(_torch_bert(), batch) - expected).max() > 100 * TOLERANCE

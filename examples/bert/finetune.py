@@ -58,10 +58,11 @@ NUM_LABELS = 2
 EVAL_BATCH_SIZE = 16
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 WARMUP_SHARE = 0.1
-# The better peak learning rate of each method's two-rate grid (docs/results.md).
+# The better peak learning rate of each method's two-rate grid (docs/results.md); for rslora, dora and ia3 the first
+# rate of their grid (run_grid.py), as their second rates have not been run yet.
 DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
                "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "qlora": 1e-3, "prompt_tuning": 1e-2,
-               "ptuning": 3e-3}
+               "ptuning": 3e-3, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3}
 # Prompt tuning's default init text: a short description of the task, whose word embeddings start the prompt.
 PROMPT_INIT_TEXT = "Is this movie review positive or negative?"
 

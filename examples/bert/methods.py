@@ -1,14 +1,15 @@
 """How each fine-tuning method reaches the unedited BERT of ``modeling.py``.
 
-mindpet's injectable methods (LoRA, the adapters) are applied by config with :func:`mindpet.get_delta_model`,
-which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
-model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
-and then frozen the same way. Prompt tuning and P-tuning v1 build their cell from their config
-(``PromptTuningConfig`` / ``PTuningConfig``, ``make_cell``) and hand it to the model's embeddings hook
+mindpet's injectable methods (LoRA and its rsLoRA and DoRA options, the adapters, (IA)^3) are applied by config
+with :func:`mindpet.get_delta_model`, which also freezes everything but the delta and the ``classifier`` head
+(``modules_to_save``). BitFit trains the model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built
+into the model (``PrefixOptions``) and then frozen the same way. Prompt tuning and P-tuning v1 build their cell from
+their config (``PromptTuningConfig`` / ``PTuningConfig``, ``make_cell``) and hand it to the model's embeddings hook
 (``BertClassifier.set_virtual_tokens``), after the pretrained weights are in: prompt tuning's ``TEXT`` init copies
-rows of the word embeddings. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained
-with the R-Drop loss, and ``qlora`` is LoRA on a 4-bit NF4 base (:func:`mindpet.quantize_base` first). The mindpet
-methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
+rows of the word embeddings. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained with
+the R-Drop loss, ``rslora`` and ``dora`` are LoRA with those options, and ``qlora`` is LoRA on a 4-bit NF4 base
+(:func:`mindpet.quantize_base` first). The mindpet methods and their configs come from :mod:`mindpet.registry`; this
+file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -29,14 +30,21 @@ from mindpet.registry import get_method, method_names
 HEAD = "classifier"
 BASELINES = ("full", "frozen_head")
 # Where each injectable mindpet method goes in BERT: LoRA on the query and value projections (Hu et al.), the
-# adapters after the attention output and the feed-forward output projections (Houlsby et al.).
-TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"]}
+# adapters after the attention output and the feed-forward output projections (Houlsby et al.), (IA)^3 on the key and
+# value projections and both output projections, as PEFT's BERT default (its entry 'output.dense' names both).
+TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"],
+           "ia3": ["key", "value", "output.dense"]}
 # Methods built into the model source, then frozen with freeze_delta.
 MODEL_SIDE = ("bitfit", "ptuning2")
 # Methods whose cell goes into the embeddings hook, then frozen with freeze_delta.
 VIRTUAL_TOKENS = ("prompt_tuning", "ptuning")
-# Example variants: another loss on a mindpet method's delta, or the method on a quantized base.
-VARIANTS = {"lora_rdrop": "lora", "qlora": "lora"}
+# Example variants of a mindpet method: another loss on its delta (lora_rdrop), config options (rsLoRA, DoRA), or the
+# method on a quantized base (QLoRA).
+VARIANTS = {"lora_rdrop": "lora", "rslora": "lora", "dora": "lora", "qlora": "lora"}
+# Config fields each method or variant fixes: the LoRA options, and (IA)^3's feed-forward layers (PEFT's BERT
+# default: the output projections rescale their input).
+FIXED_OPTIONS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True},
+                 "ia3": {"feedforward_modules": ["output.dense"]}}
 # QLoRA's base: every Dense layer of the encoder (the query, key, value and attention-output projections, the
 # feed-forward up- and down-projections) is stored in NF4; the embeddings, LayerNorms and the classifier head stay
 # float32. LoRA then goes on query and value, as for 'lora'.
@@ -92,14 +100,15 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
     if record.name in MODEL_SIDE:
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
     fields = {field.name for field in dataclasses.fields(record.config_class)}
-    config_fields = {key: value for key, value in hyperparameters.items() if key in fields}
+    options = {key: value for key, value in hyperparameters.items() if key in fields}
     if record.name in VIRTUAL_TOKENS:
-        config = record.config_class(token_dim=net.config.hidden_size, **config_fields)
+        config = record.config_class(token_dim=net.config.hidden_size, **options)
         word_embeddings = net.bert.embeddings.word_embeddings
         net.set_virtual_tokens(config.make_cell(embedding=word_embeddings) if config.method == "prompt_tuning"
                                and config.prompt_tuning_init == "TEXT" else config.make_cell())
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
+    options.update(FIXED_OPTIONS.get(method, {}))
     config = record.config_class(target_modules=target_modules or TARGETS[record.name],
-                                 modules_to_save=[head] if head else None, **config_fields)
+                                 modules_to_save=[head] if head else None, **options)
     get_delta_model(net, config)
     return sorted(param.name for param in net.get_parameters() if param.requires_grad)

@@ -3,9 +3,10 @@
 For each method the learning rate is the one with the best held-out accuracy on the first seed; the main table
 averages every seed run at that rate. Step time comes from the short back-to-back timing runs, relative to the
 full fine-tuning run of the same batch (the grid's own step times depend on what else the shared machine ran
-meanwhile); peak memory is the smallest over the method's grid runs, relative to full fine-tuning's. QLoRA is
-compared with float32 LoRA in a table of its own, with the bytes of the encoder's frozen Dense weights and the step
-time of a back-to-back LoRA/QLoRA pair of short runs.
+meanwhile); peak memory is the smallest over the method's grid runs, over full fine-tuning's among runs with the
+same evaluation batch (which sets the evaluation graph's memory). QLoRA is compared with float32 LoRA in a table of
+its own, with the bytes of the encoder's frozen Dense weights and the step time of a back-to-back LoRA/QLoRA pair of
+short runs.
 
 Run::
 
@@ -19,8 +20,8 @@ import numpy as np
 
 # Methods whose step time and memory are compared with LoRA's in their own back-to-back runs.
 PAIRED_WITH_LORA = ("qlora",)
-METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "qlora", "adapter", "low_rank_adapter", "bitfit",
-                "ptuning2", "prompt_tuning", "ptuning")
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "qlora", "adapter", "low_rank_adapter",
+                "ia3", "bitfit", "ptuning2", "prompt_tuning", "ptuning")
 
 
 def read_runs(path):
@@ -35,8 +36,20 @@ def chosen_runs(runs, method, first_seed):
     return [run for run in runs if run["method"] == method and run["lr"] == best["lr"]], best["lr"]
 
 
-def _smallest(runs, method, key):
-    return min(run[key] for run in runs if run["method"] == method)
+def _eval_batch(run):
+    """The evaluation batch of a run; runs recorded before the field existed evaluated 100 snippets per call."""
+    return run.get("eval_batch_size", 100)
+
+
+def memory_ratio_text(runs, method):
+    """The method's smallest peak RSS over full fine-tuning's, among runs with the same evaluation batch (which
+    sets the evaluation graph's memory); without such a full run there is nothing to compare with."""
+    batches = {_eval_batch(run) for run in runs if run["method"] == method}
+    full = [run["peak_rss_mb"] for run in runs if run["method"] == "full" and _eval_batch(run) in batches]
+    if not full:
+        return "no full run with its eval batch"
+    method_rss = [run["peak_rss_mb"] for run in runs if run["method"] == method and _eval_batch(run) in batches]
+    return f"{min(method_rss) / min(full):.2f}"
 
 
 def _percent(value):
@@ -54,7 +67,8 @@ def step_ratios(timing_runs):
     for run in timing_runs:
         if run["method"] == "full":
             full_seconds = run["step_median_seconds"]
-        ratios.setdefault(run["method"], run["step_median_seconds"] / full_seconds)
+        if full_seconds is not None:
+            ratios.setdefault(run["method"], run["step_median_seconds"] / full_seconds)
     return ratios
 
 
@@ -62,7 +76,6 @@ def main_table(runs, timing_runs, first_seed):
     methods = [method for method in METHOD_ORDER if any(run["method"] == method for run in runs)]
     chosen = {method: chosen_runs(runs, method, first_seed) for method in methods}
     ratios = step_ratios(timing_runs)
-    smallest_rss = {method: _smallest(runs, method, "peak_rss_mb") for method in methods}
     lines = ["| method | held-out accuracy, mean (min-max) | seeds | lr | trainable | step time / full | "
              "peak RSS / full | delta checkpoint |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -73,8 +86,9 @@ def main_table(runs, timing_runs, first_seed):
         # QLoRA ran after later memory savings of the example, so its time and memory are compared with LoRA's in
         # back-to-back runs of the same code instead (qlora_table).
         paired = method in PAIRED_WITH_LORA
-        step_ratio = "-" if paired else f"{ratios[method]:.2f}"
-        memory_ratio = "-" if paired else f"{smallest_rss[method] / smallest_rss['full']:.2f}"
+        # A method without a timing run yet has no comparable step time.
+        step_ratio = "-" if paired else f"{ratios[method]:.2f}" if method in ratios else "no timing run"
+        memory_ratio = "-" if paired else memory_ratio_text(runs, method)
         size = method_runs[0]["delta_bytes"]
         size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
         lines.append(f"| {method} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "

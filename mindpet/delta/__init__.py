@@ -4,6 +4,7 @@ The public cells are imported here; configs and the functions that apply them ar
 """
 from mindpet.delta.adapter import AdapterDense, AdapterLayer
 from mindpet.delta.base.virtual_tokens import prepend_virtual_tokens
+from mindpet.delta.ia3 import IA3Dense
 from mindpet.delta.lora import LoRADense
 from mindpet.delta.low_rank_adapter import LowRankAdapterDense, LowRankAdapterLayer
 from mindpet.delta.prefix import PrefixLayer
@@ -15,6 +16,6 @@ from mindpet.delta.r_drop import RDropLoss, rdrop_repeat
 from mindpet.injection.merge import merge_and_unload
 from mindpet.quantization.layer import NF4Dense
 
-__all__ = ["AdapterDense", "AdapterLayer", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer", "NF4Dense",
-           "PrefixConcat", "PrefixEncoder", "PrefixLayer", "PromptEncoder", "PromptTuningEmbedding", "RDropLoss",
-           "merge_and_unload", "prepend_virtual_tokens", "rdrop_repeat"]
+__all__ = ["AdapterDense", "AdapterLayer", "IA3Dense", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer",
+           "NF4Dense", "PrefixConcat", "PrefixEncoder", "PrefixLayer", "PromptEncoder", "PromptTuningEmbedding",
+           "RDropLoss", "merge_and_unload", "prepend_virtual_tokens", "rdrop_repeat"]
