@@ -20,6 +20,13 @@ def _low_rank_adapter_params(width):
 
 # LoRADense also holds ``lora_branch_scale``, a non-trainable scalar that merge() sets to 0.
 LORA_SCALE_PARAMS = 1
+# IA3Dense holds ``ia3_scale_gate``, a non-trainable scalar that merge() sets to 0.
+IA3_GATE_PARAMS = 1
+
+
+def _dora_frozen(out_channels):
+    """DoRA adds the merge gate (a scalar) and the merge factor ``(out,)`` beside the branch scale."""
+    return LORA_SCALE_PARAMS + 1 + out_channels
 
 
 def _lora_params(in_channels, out_channels):
@@ -37,16 +44,19 @@ def mlp_counts(method, preset):
     Every one of the ``mlp_depth`` layers is ``width x width`` with a bias. LoRA adds ``r (in + out)`` trainable
     parameters per layer (and its scalar scale);
     an adapter ``2 w b + b + w``; a low-rank adapter ``2 s (w + k) + k + w`` with ``k = w // reduction_factor``;
-    BitFit trains the ``w`` biases of each layer.
+    BitFit trains the ``w`` biases of each layer. rsLoRA counts as LoRA; DoRA adds a magnitude ``w`` per layer
+    (and a frozen gate and ``w`` merge factors); (IA)^3 a scale ``w`` per layer (and a frozen gate).
     """
     width, depth = preset.mlp_width, preset.mlp_depth
     base = depth * _dense_params(width, width)
-    added_per_layer = {"full": 0, "bitfit": 0, "lora": _lora_params(width, width),
+    lora = _lora_params(width, width)
+    added_per_layer = {"full": 0, "bitfit": 0, "lora": lora, "rslora": lora, "dora": lora + width, "ia3": width,
                        "adapter": _adapter_params(width), "low_rank_adapter": _low_rank_adapter_params(width)}
     added = depth * added_per_layer[method]
     trainable = {"full": base, "bitfit": depth * width}.get(method, added)
-    frozen_added = depth * LORA_SCALE_PARAMS if method == "lora" else 0
-    return trainable, base + added + frozen_added
+    frozen_per_layer = {"lora": LORA_SCALE_PARAMS, "rslora": LORA_SCALE_PARAMS, "dora": _dora_frozen(width),
+                        "ia3": IA3_GATE_PARAMS}.get(method, 0)
+    return trainable, base + added + depth * frozen_per_layer
 
 
 def encoder_counts(method, config, num_labels):
@@ -57,7 +67,9 @@ def encoder_counts(method, config, num_labels):
     but ``'full'`` trains the classifier plus: LoRA, ``r (h + h)`` on query and on value of each layer; adapters,
     one after the attention output and one after the feed-forward output of each layer; BitFit, the biases of the
     six Dense layers of each layer (LayerNorm shifts are named ``beta``, not ``bias``); P-Tuning v2, a table of
-    ``pre_seq_len`` rows of ``layers * 2 * hidden`` (a key and a value prefix per layer).
+    ``pre_seq_len`` rows of ``layers * 2 * hidden`` (a key and a value prefix per layer). rsLoRA counts as LoRA;
+    DoRA adds a magnitude of ``h`` to each of LoRA's layers; (IA)^3 scales the key and value outputs (``h`` each)
+    and the inputs of both output projections (``h`` and ``intermediate``) of each layer.
 
     Args:
         method (str): the fine-tuning method.
@@ -72,8 +84,9 @@ def encoder_counts(method, config, num_labels):
                  + _dense_params(intermediate, hidden) + 2 * layer_norm)
     head = _dense_params(hidden, num_labels)
     base = embeddings + layers * per_layer + head
-    added = {"full": 0, "bitfit": 0,
-             "lora": layers * 2 * _lora_params(hidden, hidden),
+    lora = layers * 2 * _lora_params(hidden, hidden)
+    added = {"full": 0, "bitfit": 0, "lora": lora, "rslora": lora, "dora": lora + layers * 2 * hidden,
+             "ia3": layers * (3 * hidden + intermediate),
              "adapter": layers * 2 * _adapter_params(hidden),
              "low_rank_adapter": layers * 2 * _low_rank_adapter_params(hidden),
              "ptuning2": presets.PTUNING2_PRE_SEQ_LEN * layers * 2 * hidden}[method]
@@ -81,5 +94,6 @@ def encoder_counts(method, config, num_labels):
         return base, base
     if method == "bitfit":
         return layers * (5 * hidden + intermediate) + head, base
-    frozen_added = layers * 2 * LORA_SCALE_PARAMS if method == "lora" else 0
+    frozen_added = {"lora": layers * 2 * LORA_SCALE_PARAMS, "rslora": layers * 2 * LORA_SCALE_PARAMS,
+                    "dora": layers * 2 * _dora_frozen(hidden), "ia3": layers * 4 * IA3_GATE_PARAMS}.get(method, 0)
     return added + head, base + added + frozen_added

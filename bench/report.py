@@ -41,10 +41,12 @@ def _method_rows(model, methods):
                         f"{entry['reason']} |")
             continue
         trainable, memory = entry["trainable"], entry["memory"]
+        # A LoRA option's step time over plain LoRA's, from the same interleaved rounds.
+        note = f"step time / lora {_ratio_cell(entry['step_time_vs_lora'])}" if "step_time_vs_lora" in entry else ""
         rows.append(f"| {MODEL_TITLES[model]} | {method} | {trainable['network']:,} | {100 * trainable['share']:.3f} % "
                     f"| {_ratio_cell(entry['step_time'])} | {entry['step_time']['instance_spread']:.3f} "
                     f"| {memory['peak_ratio']:.3f} "
-                    f"| {memory['increment_ratio']:.3f} | |")
+                    f"| {memory['increment_ratio']:.3f} | {note} |")
     return rows
 
 

@@ -28,8 +28,8 @@ from bench.op_profile import layer_op_times
 from bench.param_counts import encoder_counts
 from bench.peer import compare_with_peer
 from bench.timing import combine_instances, instance_key, interleave, ratio_summary
-from bench.workloads import MODELS, NOT_APPLICABLE, analytic_counts, applicable_methods, build_workload, \
-    network_counts
+from bench.workloads import LORA_VARIANTS, MODELS, NOT_APPLICABLE, analytic_counts, applicable_methods, \
+    build_workload, network_counts
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REFERENCE_METHOD = "full"
@@ -112,8 +112,12 @@ def _model_results(model, preset, memory):
         builders.append((method, functools.partial(_train_runner, model, method, preset)))
     per_step = interleave(_timed_runners(builders, instances), rounds, steps, preset.warmup_steps)
     step_times = _step_time(per_step, list(methods), instances, REFERENCE_METHOD)
+    variants = [method for method in LORA_VARIANTS if method in methods]
+    vs_lora = _step_time(per_step, variants + ["lora"], instances, "lora")
     for method in methods:
         methods[method]["step_time"] = step_times[method]
+        if method in variants:
+            methods[method]["step_time_vs_lora"] = vs_lora[method]
     for method, reason in NOT_APPLICABLE[model].items():
         methods[method] = {"applicable": False, "reason": reason}
     return {"methods": methods, "rounds": rounds, "steps_per_round": steps, "instances": instances,

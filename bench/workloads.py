@@ -8,9 +8,13 @@ from bench.param_counts import encoder_counts, mlp_counts
 from bench.training import train_runner
 
 # The example's methods (full fine-tuning and those of the mindpet registry it applies), without its frozen-head
-# baseline and its loss variants, which cost the same per step as the method they vary.
+# baseline and its loss variants, which cost the same per step as the method they vary. Its config variants (rsLoRA,
+# DoRA) are methods of their own here.
 METHODS = tuple(name for name in example_methods.METHODS
-                if name != "frozen_head" and name not in example_methods.VARIANTS)
+                if name != "frozen_head"
+                and (name not in example_methods.VARIANTS or name in example_methods.FIXED_OPTIONS))
+# The LoRA options, whose step time is compared with plain LoRA's too.
+LORA_VARIANTS = tuple(name for name in METHODS if example_methods.VARIANTS.get(name) == "lora")
 MODELS = ("mlp", "encoder")
 # Methods that do not apply to a model, with the reason the report prints instead of a number.
 NOT_APPLICABLE = {"mlp": mlp.NOT_APPLICABLE, "encoder": {}}

@@ -1,7 +1,7 @@
 """mindpet: parameter-efficient fine-tuning (delta tuning) for MindSpore.
 
-Apply a method to any network by config (:func:`get_delta_model` with :class:`LoraConfig`, :class:`AdapterConfig`
-or :class:`LowRankAdapterConfig`, after a dry run with :func:`plan_delta`), or build the cells of
+Apply a method to any network by config (:func:`get_delta_model` with :class:`LoraConfig`, :class:`AdapterConfig`,
+:class:`LowRankAdapterConfig` or :class:`IA3Config`, after a dry run with :func:`plan_delta`), or build the cells of
 :mod:`mindpet.delta` into the model source. Freezing, delta checkpoints and strategy checks are exported here too.
 """
 __version__ = "2.0.0"
@@ -19,6 +19,7 @@ from mindpet.checkpoint import (
 )
 from mindpet.delta.adapter import AdapterConfig
 from mindpet.delta.base.config import DeltaConfig
+from mindpet.delta.ia3 import IA3Config
 from mindpet.delta.lora import LoraConfig
 from mindpet.delta.low_rank_adapter import LowRankAdapterConfig
 from mindpet.freeze import freeze_delta, freeze_from_config, freeze_modules
@@ -29,8 +30,8 @@ from mindpet.injection.summary import TrainableSummary, trainable_summary
 from mindpet.parallel.check import check_shard_strategies
 from mindpet.registry import config_from_dict
 
-__all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "LoraConfig",
-           "LowRankAdapterConfig", "TrainableParamsCheckPoint", "TrainableSummary", "TrainingGuard",
+__all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "IA3Config",
+           "LoraConfig", "LowRankAdapterConfig", "TrainableParamsCheckPoint", "TrainableSummary", "TrainingGuard",
            "check_shard_strategies", "config_from_dict", "freeze_delta", "freeze_from_config", "freeze_modules",
            "get_delta_model", "load_base_checkpoint", "load_delta", "load_delta_checkpoint", "merge_and_unload",
            "merge_sliced_delta_checkpoints", "plan_delta", "save_delta", "trainable_summary"]

@@ -138,8 +138,9 @@ def freeze_delta(model, mode, include=None, exclude=None):
 
     Args:
         model (mindspore.nn.Cell): The network whose parameters are frozen in place.
-        mode (str): The delta method, case-insensitive: ``'lora'``, ``'prefix'`` (alias ``'prefixtuning'``),
-            ``'adapter'``, ``'low_rank_adapter'``, ``'ptuning2'`` or ``'bitfit'``.
+        mode (str): The delta method, case-insensitive: ``'lora'`` (DoRA's magnitude included), ``'ia3'``,
+            ``'prefix'`` (alias ``'prefixtuning'``), ``'adapter'``, ``'low_rank_adapter'``, ``'ptuning2'`` or
+            ``'bitfit'``.
         include (list[str], optional): Patterns of parameters to freeze afterwards. Default: ``None``.
         exclude (list[str], optional): Patterns of parameters to make trainable afterwards. Default: ``None``.
 

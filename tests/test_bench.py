@@ -19,7 +19,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import presets, report  # noqa: E402
-from bench.workloads import METHODS, MODELS  # noqa: E402
+from bench.workloads import LORA_VARIANTS, METHODS, MODELS  # noqa: E402
 STEP_TIME_FIELDS = {"ratio", "ratio_min", "ratio_max", "rounds", "median_ms", "min_ms", "max_ms",
                     "reference_median_ms", "reference_min_ms", "reference_max_ms", "instance_spread"}
 MEMORY_FIELDS = {"baseline_kib", "peak_kib", "peak_ratio", "increment_kib", "increment_ratio"}
@@ -84,6 +84,9 @@ def test_every_method_has_every_field(results):
         assert MEMORY_FIELDS <= set(entry["memory"])
         for file_format in ("ckpt", "safetensors"):
             assert CHECKPOINT_FIELDS <= set(entry["checkpoint"][file_format])
+    for model in MODELS:
+        for method in LORA_VARIANTS:
+            assert STEP_TIME_FIELDS <= set(results["models"][model]["methods"][method]["step_time_vs_lora"])
     not_applicable = results["models"]["mlp"]["methods"]["ptuning2"]
     assert not not_applicable["applicable"] and "attention" in not_applicable["reason"]
     for key in LORA_OVERHEAD_RATIOS:
@@ -114,6 +117,11 @@ def test_trainable_counts_equal_the_analytic_formulas(results):
     assert mlp["bitfit"]["trainable"]["network"] == preset.mlp_depth * width
     head = hidden * preset.num_labels + preset.num_labels
     assert encoder["lora"]["trainable"]["network"] == preset.encoder_layers * 2 * rank * (hidden + hidden) + head
+    # DoRA adds a magnitude per output row; (IA)^3 one scale per rescaled width (key and value outputs, the inputs of
+    # the attention and feed-forward output projections).
+    assert mlp["dora"]["trainable"]["network"] == mlp["lora"]["trainable"]["network"] + preset.mlp_depth * width
+    assert encoder["ia3"]["trainable"]["network"] == \
+        preset.encoder_layers * (3 * hidden + preset.encoder_intermediate) + head
 
 
 def test_delta_payload_is_trainable_parameters_times_element_size(results):

@@ -11,7 +11,8 @@ MODULES = sorted(info.name for info in pkgutil.walk_packages(mindpet.__path__, "
 # Public API modules must show at least one example.
 MODULES_WITH_EXAMPLES = {
     "mindpet.delta.lora.layer", "mindpet.delta.lora.config", "mindpet.delta.adapter.layer",
-    "mindpet.delta.adapter.config", "mindpet.delta.low_rank_adapter.layer", "mindpet.delta.low_rank_adapter.config",
+    "mindpet.delta.adapter.config", "mindpet.delta.ia3.layer", "mindpet.delta.ia3.config",
+    "mindpet.delta.low_rank_adapter.layer", "mindpet.delta.low_rank_adapter.config",
     "mindpet.delta.prefix.layer", "mindpet.delta.ptuning2.layer", "mindpet.delta.prefix_attention",
     "mindpet.delta.r_drop", "mindpet.freeze", "mindpet.parallel.check", "mindpet.injection.inject",
     "mindpet.injection.plan", "mindpet.injection.merge", "mindpet.injection.summary", "mindpet.checkpoint.atomic",

@@ -57,7 +57,7 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 WARMUP_SHARE = 0.1
 # The better peak learning rate of each method's two-rate grid (docs/results.md).
 DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
-               "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2}
+               "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3}
 
 
 class ClassifierWithLoss(nn.Cell):

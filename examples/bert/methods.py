@@ -1,11 +1,11 @@
 """How each fine-tuning method reaches the unedited BERT of ``modeling.py``.
 
-mindpet's injectable methods (LoRA, the adapters) are applied by config with :func:`mindpet.get_delta_model`,
-which also freezes everything but the delta and the ``classifier`` head (``modules_to_save``). BitFit trains the
-model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built into the model (``PrefixOptions``)
-and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines, and ``lora_rdrop`` is LoRA trained
-with the R-Drop loss. The mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says
-where in BERT each one goes.
+mindpet's injectable methods (LoRA and its rsLoRA and DoRA options, the adapters, (IA)^3) are applied by config
+with :func:`mindpet.get_delta_model`, which also freezes everything but the delta and the ``classifier`` head
+(``modules_to_save``). BitFit trains the model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built
+into the model (``PrefixOptions``) and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines,
+``lora_rdrop`` is LoRA trained with the R-Drop loss, and ``rslora`` and ``dora`` are LoRA with those options. The
+mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -26,12 +26,18 @@ from mindpet.registry import get_method, method_names
 HEAD = "classifier"
 BASELINES = ("full", "frozen_head")
 # Where each injectable mindpet method goes in BERT: LoRA on the query and value projections (Hu et al.), the
-# adapters after the attention output and the feed-forward output projections (Houlsby et al.).
-TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"]}
+# adapters after the attention output and the feed-forward output projections (Houlsby et al.), (IA)^3 on the key and
+# value projections and both output projections, as PEFT's BERT default (its entry 'output.dense' names both).
+TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"],
+           "ia3": ["key", "value", "output.dense"]}
 # Methods built into the model source, then frozen with freeze_delta.
 MODEL_SIDE = ("bitfit", "ptuning2")
-# Example variants: another loss on a mindpet method's delta.
-VARIANTS = {"lora_rdrop": "lora"}
+# Example variants of a mindpet method: another loss on its delta (lora_rdrop), or config options (rsLoRA, DoRA).
+VARIANTS = {"lora_rdrop": "lora", "rslora": "lora", "dora": "lora"}
+# Config fields each method or variant fixes: the LoRA options, and (IA)^3's feed-forward layers (PEFT's BERT
+# default: the output projections rescale their input).
+FIXED_OPTIONS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True},
+                 "ia3": {"feedforward_modules": ["output.dense"]}}
 METHODS = BASELINES + tuple(name for name in method_names() if name in TARGETS or name in MODEL_SIDE) + \
     tuple(VARIANTS)
 
@@ -76,8 +82,9 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
     if record.name in MODEL_SIDE:
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
     fields = {field.name for field in dataclasses.fields(record.config_class)}
+    options = {key: value for key, value in hyperparameters.items() if key in fields}
+    options.update(FIXED_OPTIONS.get(method, {}))
     config = record.config_class(target_modules=target_modules or TARGETS[record.name],
-                                 modules_to_save=[head] if head else None,
-                                 **{key: value for key, value in hyperparameters.items() if key in fields})
+                                 modules_to_save=[head] if head else None, **options)
     get_delta_model(net, config)
     return sorted(param.name for param in net.get_parameters() if param.requires_grad)

@@ -29,6 +29,9 @@ LR_GRID = {
     "low_rank_adapter": (1e-3, 3e-3),
     "ptuning2": (3e-3, 1e-2),
     "lora_rdrop": (1e-3, 2e-3),
+    "rslora": (5e-4, 1e-3),
+    "dora": (1e-3, 2e-3),
+    "ia3": (3e-3, 1e-2),
 }
 # Short runs for timing: 20 steps, little to evaluate.
 TIMING_ARGS = ["--epochs", "1", "--num-train", "640", "--num-eval", "100"]

@@ -2,8 +2,9 @@
 
 For each method the learning rate is the one with the best held-out accuracy on the first seed; the main table
 averages every seed run at that rate. Step time comes from the short back-to-back timing runs (the grid's own
-step times depend on what else the shared machine ran meanwhile); peak memory is the smallest over the method's
-grid runs. Both are relative to full fine-tuning's.
+step times depend on what else the shared machine ran meanwhile), each over the full fine-tuning run of its own
+batch (the last one before it in the file); peak memory is the smallest over the method's grid runs. Both are
+relative to full fine-tuning's.
 
 Run::
 
@@ -15,7 +16,8 @@ import os
 
 import numpy as np
 
-METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "adapter", "low_rank_adapter", "bitfit", "ptuning2")
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "adapter", "low_rank_adapter", "ia3",
+                "bitfit", "ptuning2")
 
 
 def read_runs(path):
@@ -38,10 +40,22 @@ def _percent(value):
     return f"{value:.2f}%" if value >= 0.1 else f"{value:.4f}%"
 
 
+def step_ratios(timing_runs):
+    """Each method's median step time over that of the full fine-tuning run of its back-to-back batch: the last full
+    run before it in the file. A later batch (full first, then some methods) thus gives those methods' ratios."""
+    ratios, full_seconds = {}, None
+    for run in timing_runs:
+        if run["method"] == "full":
+            full_seconds = run["step_median_seconds"]
+        if full_seconds is not None:
+            ratios[run["method"]] = run["step_median_seconds"] / full_seconds
+    return ratios
+
+
 def main_table(runs, timing_runs, first_seed):
     methods = [method for method in METHOD_ORDER if any(run["method"] == method for run in runs)]
     chosen = {method: chosen_runs(runs, method, first_seed) for method in methods}
-    step_seconds = {run["method"]: run["step_median_seconds"] for run in timing_runs}
+    ratios = step_ratios(timing_runs)
     smallest_rss = {method: _smallest(runs, method, "peak_rss_mb") for method in methods}
     lines = ["| method | held-out accuracy, mean (min-max) | seeds | lr | trainable | step time / full | "
              "peak RSS / full | delta checkpoint |",
@@ -50,12 +64,13 @@ def main_table(runs, timing_runs, first_seed):
         method_runs, lr = chosen[method]
         accuracies = [run["accuracy"] for run in method_runs]
         seeds = ",".join(str(run["seed"]) for run in sorted(method_runs, key=lambda run: run["seed"]))
-        step_ratio = step_seconds[method] / step_seconds["full"]
+        # A method without a timing run yet has no comparable step time.
+        step_text = f"{ratios[method]:.2f}" if method in ratios else "no timing run"
         memory_ratio = smallest_rss[method] / smallest_rss["full"]
         size = method_runs[0]["delta_bytes"]
         size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
         lines.append(f"| {method} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "
-                     f"{seeds} | {lr:g} | {_percent(method_runs[0]['trainable_percent'])} | {step_ratio:.2f} | "
+                     f"{seeds} | {lr:g} | {_percent(method_runs[0]['trainable_percent'])} | {step_text} | "
                      f"{memory_ratio:.2f} | {size_text} |")
     return "\n".join(lines)
 

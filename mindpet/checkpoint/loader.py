@@ -172,6 +172,20 @@ def _base_values(ckpt_file_name_or_dict, owner):
                          "a checkpoint path (str) or a dict of parameter name to Tensor", ckpt_file_name_or_dict)
 
 
+def _init_dora_magnitudes(network, loaded_names, owner):
+    """DoRA's magnitude starts at the row norms of its cell's weight: every unmerged DoRA cell whose weight was just
+    loaded, and whose magnitude was not, computes it again from the loaded weight."""
+    reset = []
+    for path, cell in network.cells_and_names():
+        if getattr(cell, "use_dora", False) and not cell.merged and cell.weight.name in loaded_names \
+                and cell.mindpet_delta_lora_magnitude.name not in loaded_names:
+            cell.init_dora_magnitude()
+            reset.append(path or "<network>")
+    if reset:
+        logger.info("%s: DoRA magnitudes set to the row norms of the loaded weights in %d cell(s): %s.", owner,
+                    len(reset), quote_names(reset))
+
+
 def load_base_checkpoint(network, ckpt_file_name_or_dict, strict=True):
     """
     Load pretrained (base) weights into a network that holds delta cells, reporting only real misses.
@@ -182,7 +196,9 @@ def load_base_checkpoint(network, ckpt_file_name_or_dict, strict=True):
     LoRADense's ``lora_branch_scale``): a base parameter of `network` that the checkpoint lacks is a real miss. All
     shapes are checked before anything is loaded, so on an error `network` is unchanged. Entries named like a delta
     parameter are loaded too, as ``load_param_into_net`` would. Float dtypes are converted to the parameter's, as
-    ``load_param_into_net`` does.
+    ``load_param_into_net`` does. A DoRA cell (``LoRADense(use_dora=True)``) whose weight is loaded gets its
+    magnitude recomputed from that weight, as :meth:`~mindpet.delta.LoRADense.init_dora_magnitude` does, unless the
+    checkpoint holds the magnitude too.
 
     Args:
         network (mindspore.nn.Cell): The network with its delta cells, e.g. with ``LoRADense`` in place of
@@ -242,4 +258,5 @@ def load_base_checkpoint(network, ckpt_file_name_or_dict, strict=True):
     # the real misses were reported above.
     complete = {**{param.name: param for param in params if param.name not in values}, **values}
     ms.load_param_into_net(network, complete, strict_load=False)
+    _init_dora_magnitudes(network, values, owner)
     return BaseLoadResult(missing=missing, unexpected=unexpected)

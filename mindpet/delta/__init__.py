@@ -3,6 +3,7 @@
 The public cells are imported here; configs and the functions that apply them are exported from :mod:`mindpet`.
 """
 from mindpet.delta.adapter import AdapterDense, AdapterLayer
+from mindpet.delta.ia3 import IA3Dense
 from mindpet.delta.lora import LoRADense
 from mindpet.delta.low_rank_adapter import LowRankAdapterDense, LowRankAdapterLayer
 from mindpet.delta.prefix import PrefixLayer
@@ -11,5 +12,5 @@ from mindpet.delta.ptuning2 import PrefixEncoder
 from mindpet.delta.r_drop import RDropLoss, rdrop_repeat
 from mindpet.injection.merge import merge_and_unload
 
-__all__ = ["AdapterDense", "AdapterLayer", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer", "PrefixConcat",
-           "PrefixEncoder", "PrefixLayer", "RDropLoss", "merge_and_unload", "rdrop_repeat"]
+__all__ = ["AdapterDense", "AdapterLayer", "IA3Dense", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer",
+           "PrefixConcat", "PrefixEncoder", "PrefixLayer", "RDropLoss", "merge_and_unload", "rdrop_repeat"]

@@ -8,9 +8,13 @@ methods themselves are listed in :mod:`mindpet.registry`.
 DELTA_PREFIX = "mindpet_delta_"
 
 # State that a delta cell keeps as a Parameter beside its delta but never trains, so it is not named
-# ``mindpet_delta_<method>_*`` (freeze_delta would make it trainable): LoRADense's branch scale.
+# ``mindpet_delta_<method>_*`` (freeze_delta would make it trainable): LoRADense's branch scale, DoRA's merge gate and
+# the factor a DoRA merge applied (unmerge divides it out), and IA3's merge gate.
 LORA_BRANCH_SCALE = "lora_branch_scale"
-DELTA_STATE_NAMES = (LORA_BRANCH_SCALE,)
+DORA_GATE = "lora_magnitude_gate"
+DORA_MERGED_FACTOR = "lora_magnitude_merged_factor"
+IA3_GATE = "ia3_scale_gate"
+DELTA_STATE_NAMES = (LORA_BRANCH_SCALE, DORA_GATE, DORA_MERGED_FACTOR, IA3_GATE)
 
 
 def delta_attr_name(method, role):

@@ -4,7 +4,13 @@ import re
 from typing import Dict, Union
 
 from mindpet.delta.base.config import DeltaConfig
-from mindpet.utils.validation import argument_error, check_nonzero_number, check_positive_int, check_rate
+from mindpet.utils.validation import (
+    argument_error,
+    check_bool,
+    check_nonzero_number,
+    check_positive_int,
+    check_rate,
+)
 
 
 def _check_patterns(patterns, arg_name, owner, check_value):
@@ -38,10 +44,14 @@ class LoraConfig(DeltaConfig):
             `target_modules`) or a full-match regular expression. Default: ``None`` (empty).
         alpha_pattern (dict[str, Union[int, float]], optional): per-layer alphas, keyed the same way.
             Default: ``None`` (empty).
+        use_rslora (bool): scale the update by ``lora_alpha / sqrt(lora_rank)`` (rsLoRA). Default: ``False``.
+        use_dora (bool): learn a magnitude per output row (DoRA); it starts at the row norms of each layer's own
+            weight. Default: ``False``.
 
     Raises:
         TypeError: `lora_rank` is not an int, `lora_alpha` not a number, `lora_dropout` not a float, a pattern not a
-            dict with str keys; and as :class:`~mindpet.delta.base.config.DeltaConfig`.
+            dict with str keys, `use_rslora` or `use_dora` not a bool; and as
+            :class:`~mindpet.delta.base.config.DeltaConfig`.
         ValueError: `lora_rank` <= 0, `lora_alpha` 0 or not finite, `lora_dropout` outside [0, 1), a pattern key
             not a valid regular expression; and as :class:`~mindpet.delta.base.config.DeltaConfig`.
 
@@ -50,6 +60,8 @@ class LoraConfig(DeltaConfig):
         >>> config = LoraConfig(target_modules=["query", "value"], lora_rank=4, lora_alpha=8)
         >>> config.to_dict()["lora_rank"], LoraConfig.from_dict(config.to_dict()) == config
         (4, True)
+        >>> LoraConfig(target_modules=["query", "value"], use_dora=True).to_dict()["use_dora"]
+        True
     """
 
     method = "lora"
@@ -59,6 +71,8 @@ class LoraConfig(DeltaConfig):
     lora_dropout: float = 0.0
     rank_pattern: Dict[str, int] = None
     alpha_pattern: Dict[str, Union[int, float]] = None
+    use_rslora: bool = False
+    use_dora: bool = False
 
     def validate(self):
         super().validate()
@@ -68,4 +82,6 @@ class LoraConfig(DeltaConfig):
         check_rate(self.lora_dropout, "lora_dropout", owner)
         self.rank_pattern = _check_patterns(self.rank_pattern, "rank_pattern", owner, check_positive_int)
         self.alpha_pattern = _check_patterns(self.alpha_pattern, "alpha_pattern", owner, check_nonzero_number)
+        check_bool(self.use_rslora, "use_rslora", owner)
+        check_bool(self.use_dora, "use_dora", owner)
         return self
