@@ -14,17 +14,21 @@ from bench import presets
 from bench.minilm import FLOOR_TRAINABLE, minilm_batch_arrays, minilm_shape, pretrained_model_dir
 
 
-def encoder_config(preset):
-    """The :class:`BertConfig` of ``preset``; positions cover exactly the benchmark's sequence length."""
+def encoder_config(preset, method):
+    """The :class:`BertConfig` of ``preset`` for ``method``; positions cover exactly the benchmark's sequence length,
+    and the virtual tokens of prompt tuning and P-tuning v1 in front of it."""
+    positions = preset.encoder_seq_len
+    if method in presets.VIRTUAL_TOKEN_METHODS:
+        positions += presets.NUM_VIRTUAL_TOKENS
     return BertConfig(vocab_size=preset.encoder_vocab, hidden_size=preset.encoder_hidden,
                       num_layers=preset.encoder_layers, num_heads=preset.encoder_heads,
-                      intermediate_size=preset.encoder_intermediate, max_position_embeddings=preset.encoder_seq_len)
+                      intermediate_size=preset.encoder_intermediate, max_position_embeddings=positions)
 
 
 def build_encoder(method, preset):
     """A BERT classifier with ``method`` applied as the example applies it (every method but ``'full'`` also trains
     the head)."""
-    net = BertClassifier(encoder_config(preset), preset.num_labels,
+    net = BertClassifier(encoder_config(preset, method), preset.num_labels,
                          **model_options(method, presets.PTUNING2_PRE_SEQ_LEN))
     apply_method(net, method, **presets.HYPERPARAMETERS)
     return net

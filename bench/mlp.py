@@ -13,7 +13,9 @@ from bench import presets
 from mindpet.graph import freeze_modules
 
 LORA_SHAPE = {"lora_rank": presets.LORA_RANK, "lora_alpha": presets.LORA_ALPHA}
-NOT_APPLICABLE = {"ptuning2": "P-Tuning v2 prepends key/value prefixes to attention layers; an MLP has none."}
+NOT_APPLICABLE = {"ptuning2": "P-Tuning v2 prepends key/value prefixes to attention layers; an MLP has none.",
+                  "prompt_tuning": "prompt tuning prepends virtual tokens to token embeddings; an MLP has none.",
+                  "ptuning": "P-tuning v1 prepends virtual tokens to token embeddings; an MLP has none."}
 ACTIVATION = "relu"
 
 

@@ -38,6 +38,12 @@ def _dense_params(in_channels, out_channels):
     return in_channels * out_channels + out_channels
 
 
+def _prompt_mlp_params(width):
+    """P-tuning v1's MLP encoder: ``width -> e``, ``e -> e``, ``e -> width``, each with a bias."""
+    hidden = presets.PTUNING_ENCODER_HIDDEN
+    return _dense_params(width, hidden) + _dense_params(hidden, hidden) + _dense_params(hidden, width)
+
+
 def mlp_counts(method, preset):
     """``(trainable, total)`` parameters of the MLP of ``preset`` fine-tuned with ``method``.
 
@@ -69,7 +75,9 @@ def encoder_counts(method, config, num_labels):
     six Dense layers of each layer (LayerNorm shifts are named ``beta``, not ``bias``); P-Tuning v2, a table of
     ``pre_seq_len`` rows of ``layers * 2 * hidden`` (a key and a value prefix per layer). rsLoRA counts as LoRA;
     DoRA adds a magnitude of ``h`` to each of LoRA's layers; (IA)^3 scales the key and value outputs (``h`` each)
-    and the inputs of both output projections (``h`` and ``intermediate``) of each layer.
+    and the inputs of both output projections (``h`` and ``intermediate``) of each layer. Prompt tuning trains ``n``
+    virtual tokens of ``hidden``; P-tuning v1, those and the MLP ``hidden -> e -> e -> hidden`` (``e`` the encoder
+    hidden size). The position table covers the virtual tokens too (``config`` says how far).
 
     Args:
         method (str): the fine-tuning method.
@@ -89,7 +97,9 @@ def encoder_counts(method, config, num_labels):
              "ia3": layers * (3 * hidden + intermediate),
              "adapter": layers * 2 * _adapter_params(hidden),
              "low_rank_adapter": layers * 2 * _low_rank_adapter_params(hidden),
-             "ptuning2": presets.PTUNING2_PRE_SEQ_LEN * layers * 2 * hidden}[method]
+             "ptuning2": presets.PTUNING2_PRE_SEQ_LEN * layers * 2 * hidden,
+             "prompt_tuning": presets.NUM_VIRTUAL_TOKENS * hidden,
+             "ptuning": presets.NUM_VIRTUAL_TOKENS * hidden + _prompt_mlp_params(hidden)}[method]
     if method == "full":
         return base, base
     if method == "bitfit":

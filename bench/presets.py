@@ -9,9 +9,14 @@ ADAPTER_BOTTLENECK = 64
 LOW_RANK_REDUCTION_FACTOR = 32
 LOW_RANK_SIZE = 1
 PTUNING2_PRE_SEQ_LEN = 16
+# Prompt tuning and P-tuning v1 (randomly initialised: the benchmark has no tokenizer), as the example runs them.
+NUM_VIRTUAL_TOKENS = 20
+PTUNING_ENCODER_HIDDEN = 128
+VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "ptuning")
 # The config fields every benchmarked method is applied with.
 HYPERPARAMETERS = {"lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "bottleneck_size": ADAPTER_BOTTLENECK,
-                   "reduction_factor": LOW_RANK_REDUCTION_FACTOR, "low_rank_size": LOW_RANK_SIZE}
+                   "reduction_factor": LOW_RANK_REDUCTION_FACTOR, "low_rank_size": LOW_RANK_SIZE,
+                   "num_virtual_tokens": NUM_VIRTUAL_TOKENS, "encoder_hidden_size": PTUNING_ENCODER_HIDDEN}
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,9 @@ def run_benchmarks(preset, jobs=2, command=None, with_peer=None):
                                 "adapter_bottleneck": presets.ADAPTER_BOTTLENECK,
                                 "low_rank_reduction_factor": presets.LOW_RANK_REDUCTION_FACTOR,
                                 "low_rank_size": presets.LOW_RANK_SIZE,
-                                "ptuning2_pre_seq_len": presets.PTUNING2_PRE_SEQ_LEN},
+                                "ptuning2_pre_seq_len": presets.PTUNING2_PRE_SEQ_LEN,
+                                "num_virtual_tokens": presets.NUM_VIRTUAL_TOKENS,
+                                "ptuning_encoder_hidden": presets.PTUNING_ENCODER_HIDDEN},
             "mode": "GRAPH_MODE", "mindspore": ms.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "loadavg_start": _loadavg()}
     # Memory processes first: while they run, nothing is being timed.

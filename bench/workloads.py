@@ -58,7 +58,7 @@ def analytic_counts(model, method, preset):
     """``(trainable, total)`` parameters of the workload, derived from the shapes alone."""
     if model == "mlp":
         return mlp_counts(method, preset)
-    return encoder_counts(method, encoder.encoder_config(preset), preset.num_labels)
+    return encoder_counts(method, encoder.encoder_config(preset, method), preset.num_labels)
 
 
 def network_counts(net):

@@ -139,8 +139,9 @@ def freeze_delta(model, mode, include=None, exclude=None):
     Args:
         model (mindspore.nn.Cell): The network whose parameters are frozen in place.
         mode (str): The delta method, case-insensitive: ``'lora'`` (DoRA's magnitude included), ``'ia3'``,
-            ``'prefix'`` (alias ``'prefixtuning'``), ``'adapter'``, ``'low_rank_adapter'``, ``'ptuning2'`` or
-            ``'bitfit'``.
+            ``'prefix'`` (alias ``'prefixtuning'``), ``'adapter'``, ``'low_rank_adapter'``, ``'ptuning2'``,
+            ``'bitfit'``, ``'prompt_tuning'`` or ``'ptuning'`` (P-tuning v1; it never selects ``'ptuning2'``
+            parameters, nor the reverse).
         include (list[str], optional): Patterns of parameters to freeze afterwards. Default: ``None``.
         exclude (list[str], optional): Patterns of parameters to make trainable afterwards. Default: ``None``.
 

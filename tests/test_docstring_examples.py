@@ -18,6 +18,8 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.injection.plan", "mindpet.injection.merge", "mindpet.injection.summary", "mindpet.checkpoint.atomic",
     "mindpet.checkpoint.adapter_files", "mindpet.checkpoint.callback", "mindpet.checkpoint.guard", "mindpet.checkpoint.loader",
     "mindpet.checkpoint.selection", "mindpet.checkpoint.sliced", "mindpet.utils.validation",
+    "mindpet.delta.prompt_tuning.layer", "mindpet.delta.prompt_tuning.config", "mindpet.delta.ptuning.layer",
+    "mindpet.delta.ptuning.config", "mindpet.delta.base.virtual_tokens",
 }
 
 

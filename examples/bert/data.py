@@ -120,3 +120,10 @@ def encode_reviews(tokenizer, reviews):
     return EncodedReviews(input_ids=np.array([item.ids for item in encodings], dtype=np.int32),
                           attention_mask=np.array([item.attention_mask for item in encodings], dtype=np.int32),
                           labels=np.array([label for _, label in reviews], dtype=np.int32))
+
+
+def text_token_ids(tokenizer, text):
+    """The token ids of `text`, special tokens included and padding left out, as PEFT tokenizes a prompt-tuning init
+    text (``tokenizer(text)["input_ids"]``); truncated to the tokenizer's length like every snippet."""
+    encoding = tokenizer.encode(text)
+    return [token_id for token_id, attended in zip(encoding.ids, encoding.attention_mask) if attended]

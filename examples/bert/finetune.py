@@ -5,8 +5,9 @@ The steps a user takes, in order:
 1. Build the plain model (``BertClassifier(config, 2)``; P-Tuning v2 adds its prefix encoder here) and load the
    pretrained weights; every weight must map.
 2. ``apply_method``: ``get_delta_model(net, LoraConfig(target_modules=['query', 'value'], ...))`` for LoRA and the
-   adapters, ``freeze_delta`` for BitFit and P-Tuning v2, before building the optimizer. The trainable summary is
-   printed.
+   adapters, ``freeze_delta`` for BitFit and P-Tuning v2, before building the optimizer; prompt tuning and P-tuning
+   v1 first put their config's cell into the model's embeddings hook (prompt tuning's prompt starts from the word
+   embeddings of ``--prompt-init-text``). The trainable summary is printed.
 3. ``Model.train`` with ``TrainableParamsCheckPoint`` (saves only the trained parameters), ``LossMonitor`` and
    ``TimeMonitor``.
 4. Accuracy on held-out snippets, then the delta is reloaded with ``load_delta_checkpoint`` into a freshly built
@@ -42,7 +43,7 @@ from mindspore import Tensor, nn  # noqa: E402
 from mindspore.dataset import NumpySlicesDataset  # noqa: E402
 from mindspore.train import Callback, CheckpointConfig, LossMonitor, Model, TimeMonitor  # noqa: E402
 
-from bert.data import encode_reviews, load_tokenizer, read_reviews, split_reviews  # noqa: E402
+from bert.data import encode_reviews, load_tokenizer, read_reviews, split_reviews, text_token_ids  # noqa: E402
 from bert.methods import METHODS, apply_method, model_options  # noqa: E402
 from bert.modeling import BertClassifier, BertConfig  # noqa: E402
 from bert.weights import load_pretrained, model_file, read_pretrained  # noqa: E402
@@ -57,7 +58,10 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 WARMUP_SHARE = 0.1
 # The better peak learning rate of each method's two-rate grid (docs/results.md).
 DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
-               "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3}
+               "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3,
+               "prompt_tuning": 3e-2, "ptuning": 1e-2}
+# Prompt tuning's default init text: a short description of the task, whose word embeddings start the prompt.
+PROMPT_INIT_TEXT = "Is this movie review positive or negative?"
 
 
 class ClassifierWithLoss(nn.Cell):
@@ -209,9 +213,16 @@ def print_run_summary(result):
           f"with compilation, {result['first_step_seconds']:.1f} s); peak RSS {result['peak_rss_mb']:,.0f} MB")
 
 
-def method_options(args):
+def method_options(args, tokenizer):
+    """The methods' hyperparameters from the command line; `tokenizer` encodes prompt tuning's init text."""
+    prompt_init = {"prompt_tuning_init": "RANDOM"}
+    if args.prompt_init_text:
+        prompt_init = {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": args.prompt_init_text,
+                       "prompt_tuning_init_token_ids": text_token_ids(tokenizer, args.prompt_init_text)}
     return {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "bottleneck_size": args.bottleneck_size,
-            "reduction_factor": args.reduction_factor, "pre_seq_len": args.pre_seq_len}
+            "reduction_factor": args.reduction_factor, "pre_seq_len": args.pre_seq_len,
+            "num_virtual_tokens": args.num_virtual_tokens, "encoder_hidden_size": args.encoder_hidden_size,
+            "encoder_reparameterization_type": args.encoder_type, **prompt_init}
 
 
 def parse_args(argv=None):
@@ -230,6 +241,12 @@ def parse_args(argv=None):
     parser.add_argument("--bottleneck-size", type=int, default=64, help="adapter width")
     parser.add_argument("--reduction-factor", type=int, default=8, help="low-rank adapter: width = hidden / this")
     parser.add_argument("--pre-seq-len", type=int, default=16, help="P-Tuning v2 prefix length")
+    parser.add_argument("--num-virtual-tokens", type=int, default=20,
+                        help="prompt tuning and P-tuning v1: virtual tokens prepended to every snippet")
+    parser.add_argument("--prompt-init-text", default=PROMPT_INIT_TEXT,
+                        help="prompt tuning: the text whose word embeddings initialise the prompt ('' for random)")
+    parser.add_argument("--encoder-hidden-size", type=int, default=128, help="P-tuning v1: encoder hidden size")
+    parser.add_argument("--encoder-type", choices=["MLP", "LSTM"], default="MLP", help="P-tuning v1: encoder")
     parser.add_argument("--rdrop-alpha", type=float, default=4.0, help="R-Drop weight (method lora_rdrop)")
     parser.add_argument("--mode", choices=sorted(MODES), default="graph", help="MindSpore execution mode")
     parser.add_argument("--output-dir", default="mindpet_minilm", help="folder of the delta checkpoints")
@@ -258,7 +275,7 @@ def main(argv=None):
     config = BertConfig.from_json(model_file("config.json"))
 
     # The pretrained tensors are read again for the reload check rather than kept: 90 MB less during training.
-    net, _ = build_model(config, args.method, read_pretrained(), **method_options(args))
+    net, _ = build_model(config, args.method, read_pretrained(), **method_options(args, tokenizer))
     summary = trainable_summary(net)
     trainable, total = summary.trainable, summary.total
     print(f"method {args.method}: {summary}")
@@ -279,7 +296,7 @@ def main(argv=None):
           f"trainable; delta checkpoint {result['delta_path']} ({result['delta_bytes'] / 1e6:.2f} MB)")
 
     if not args.skip_reload:
-        fresh, _ = build_model(config, args.method, read_pretrained(), **method_options(args))
+        fresh, _ = build_model(config, args.method, read_pretrained(), **method_options(args, tokenizer))
         load_delta_checkpoint(fresh, delta_path)
         reloaded_logits = predict(fresh, eval_data, args.eval_batch_size)
         result["reloaded_accuracy"] = accuracy(reloaded_logits, eval_data.labels)

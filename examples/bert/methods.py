@@ -3,9 +3,12 @@
 mindpet's injectable methods (LoRA and its rsLoRA and DoRA options, the adapters, (IA)^3) are applied by config
 with :func:`mindpet.get_delta_model`, which also freezes everything but the delta and the ``classifier`` head
 (``modules_to_save``). BitFit trains the model's own biases, so it is a ``freeze_delta`` call. P-Tuning v2 is built
-into the model (``PrefixOptions``) and then frozen the same way. ``full`` and ``frozen_head`` are the two baselines,
-``lora_rdrop`` is LoRA trained with the R-Drop loss, and ``rslora`` and ``dora`` are LoRA with those options. The
-mindpet methods and their configs come from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
+into the model (``PrefixOptions``) and then frozen the same way. Prompt tuning and P-tuning v1 build their cell from
+their config (``PromptTuningConfig`` / ``PTuningConfig``, ``make_cell``) and hand it to the model's embeddings hook
+(``BertClassifier.set_virtual_tokens``), after the pretrained weights are in: prompt tuning's ``TEXT`` init copies
+rows of the word embeddings. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained with
+the R-Drop loss, and ``rslora`` and ``dora`` are LoRA with those options. The mindpet methods and their configs come
+from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -32,14 +35,16 @@ TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_ad
            "ia3": ["key", "value", "output.dense"]}
 # Methods built into the model source, then frozen with freeze_delta.
 MODEL_SIDE = ("bitfit", "ptuning2")
+# Methods whose cell goes into the embeddings hook, then frozen with freeze_delta.
+VIRTUAL_TOKENS = ("prompt_tuning", "ptuning")
 # Example variants of a mindpet method: another loss on its delta (lora_rdrop), or config options (rsLoRA, DoRA).
 VARIANTS = {"lora_rdrop": "lora", "rslora": "lora", "dora": "lora"}
 # Config fields each method or variant fixes: the LoRA options, and (IA)^3's feed-forward layers (PEFT's BERT
 # default: the output projections rescale their input).
 FIXED_OPTIONS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True},
                  "ia3": {"feedforward_modules": ["output.dense"]}}
-METHODS = BASELINES + tuple(name for name in method_names() if name in TARGETS or name in MODEL_SIDE) + \
-    tuple(VARIANTS)
+METHODS = BASELINES + tuple(name for name in method_names()
+                             if name in TARGETS or name in MODEL_SIDE or name in VIRTUAL_TOKENS) + tuple(VARIANTS)
 
 
 def model_options(method, pre_seq_len=16):
@@ -52,8 +57,9 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
 
     ``'full'`` freezes nothing; ``'frozen_head'`` freezes everything but the head; an injectable method is applied
     with ``get_delta_model`` and its registry config (hyperparameters the config does not have are ignored);
-    BitFit and P-Tuning v2 train their parameters with ``freeze_delta``. Every method but ``'full'`` trains the
-    head as well.
+    BitFit and P-Tuning v2 train their parameters with ``freeze_delta``; prompt tuning and P-tuning v1 put the cell
+    of their config into ``net.set_virtual_tokens`` (`net` must be a ``BertClassifier``), then ``freeze_delta``.
+    Every method but ``'full'`` trains the head as well.
 
     Args:
         net (mindspore.nn.Cell): The model, a ``BertClassifier`` built with :func:`model_options` for `method`, or
@@ -83,6 +89,12 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
     fields = {field.name for field in dataclasses.fields(record.config_class)}
     options = {key: value for key, value in hyperparameters.items() if key in fields}
+    if record.name in VIRTUAL_TOKENS:
+        config = record.config_class(token_dim=net.config.hidden_size, **options)
+        word_embeddings = net.bert.embeddings.word_embeddings
+        net.set_virtual_tokens(config.make_cell(embedding=word_embeddings) if config.method == "prompt_tuning"
+                               and config.prompt_tuning_init == "TEXT" else config.make_cell())
+        return freeze_delta(net, mode=record.name, exclude=head_patterns)
     options.update(FIXED_OPTIONS.get(method, {}))
     config = record.config_class(target_modules=target_modules or TARGETS[record.name],
                                  modules_to_save=[head] if head else None, **options)

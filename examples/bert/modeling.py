@@ -11,6 +11,14 @@ attention scores, so it is a model option (``prefix=PrefixOptions(...)``): a :cl
 gives every layer ``pre_seq_len`` trainable key and value prefixes, which :class:`mindpet.delta.PrefixConcat`
 prepends, and the mask gets ``pre_seq_len`` attending columns in front.
 
+Prompt tuning and P-tuning v1 enter through an embeddings hook: :meth:`BertClassifier.set_virtual_tokens` gives the
+embeddings a :class:`mindpet.delta.PromptTuningEmbedding` or :class:`mindpet.delta.PromptEncoder`, whose virtual
+tokens are prepended to the word embeddings with :func:`mindpet.delta.prepend_virtual_tokens` before the position
+and token-type embeddings are added, as PEFT prepends them to a Hugging Face BERT's ``inputs_embeds`` (so the virtual
+tokens take positions ``0 .. n-1`` and the text moves up by ``n``). The mask is widened to attend them. The sentence
+vector stays the mean over the text tokens only: the virtual tokens act through attention, and the pooled vector is
+taken over the same positions as without them.
+
 Example (random weights; ``weights.load_pretrained`` puts the all-MiniLM-L6-v2 weights in):
 
 >>> import numpy as np
@@ -32,7 +40,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal
 
-from mindpet.delta import PrefixConcat, PrefixEncoder
+from mindpet.delta import PrefixConcat, PrefixEncoder, prepend_virtual_tokens
 
 # Added to the attention scores of padding positions: exp(-10000) is 0 in float32, and, unlike -inf, a fully
 # masked row cannot produce NaN.
@@ -138,7 +146,11 @@ def _layer_norm(config):
 
 
 class BertEmbeddings(nn.Cell):
-    """Word, position and token-type embeddings, summed, then LayerNorm and dropout. All tokens get type 0."""
+    """Word, position and token-type embeddings, summed, then LayerNorm and dropout. All tokens get type 0.
+
+    ``virtual_tokens`` (None until :meth:`BertClassifier.set_virtual_tokens`) is the embeddings hook: its output is
+    prepended to the word embeddings, and the mask widened, before positions are added.
+    """
 
     def __init__(self, config):
         super().__init__()
@@ -149,12 +161,17 @@ class BertEmbeddings(nn.Cell):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size, embedding_table=init)
         self.layer_norm = _layer_norm(config)
         self.dropout = nn.Dropout(p=config.hidden_dropout)
+        self.virtual_tokens = None
 
-    def construct(self, input_ids):
-        positions = ops.arange(0, input_ids.shape[1], dtype=ms.int32)
-        hidden = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        hidden = hidden + self.token_type_embeddings(ops.zeros_like(input_ids))
-        return self.dropout(self.layer_norm(hidden))
+    def construct(self, input_ids, attention_mask):
+        words = self.word_embeddings(input_ids)
+        if self.virtual_tokens is not None:
+            words, attention_mask = prepend_virtual_tokens(words, attention_mask,
+                                                           self.virtual_tokens(input_ids.shape[0]))
+        batch_size, seq_length, _ = words.shape
+        hidden = words + self.position_embeddings(ops.arange(0, seq_length, dtype=ms.int32))
+        hidden = hidden + self.token_type_embeddings(ops.zeros((batch_size, seq_length), ms.int32))
+        return self.dropout(self.layer_norm(hidden)), attention_mask
 
 
 class BertSelfAttention(nn.Cell):
@@ -262,7 +279,8 @@ class BertEncoder(nn.Cell):
 
 
 class BertModel(nn.Cell):
-    """Embeddings and encoder: ``(input_ids, attention_mask)`` to the last hidden states ``(batch, seq, hidden)``."""
+    """Embeddings and encoder: ``(input_ids, attention_mask)`` to the last hidden states ``(batch, seq, hidden)``
+    of the text tokens (virtual tokens attend and are attended, but their own states are not returned)."""
 
     def __init__(self, config, prefix):
         super().__init__()
@@ -270,10 +288,15 @@ class BertModel(nn.Cell):
         self.encoder = BertEncoder(config, prefix)
 
     def construct(self, input_ids, attention_mask):
+        hidden, attention_mask = self.embeddings(input_ids, attention_mask)
         mask = ops.cast(attention_mask, ms.float32)
         # (batch, 1, 1, seq): broadcast over heads and queries; 0 where a key may be attended.
         additive_mask = ops.reshape((1.0 - mask) * MASKED_SCORE, (mask.shape[0], 1, 1, mask.shape[1]))
-        return self.encoder(self.embeddings(input_ids), additive_mask)
+        hidden = self.encoder(hidden, additive_mask)
+        if self.embeddings.virtual_tokens is not None:
+            # The virtual tokens lead the sequence; the text's hidden states follow them.
+            hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]
+        return hidden
 
 
 class BertClassifier(nn.Cell):
@@ -298,6 +321,29 @@ class BertClassifier(nn.Cell):
         self.bert = BertModel(config, prefix)
         self.dropout = nn.Dropout(p=config.hidden_dropout)
         self.classifier = nn.Dense(config.hidden_size, num_labels, weight_init=TruncatedNormal(INIT_STDDEV))
+
+    def set_virtual_tokens(self, cell):
+        """Prepend the virtual tokens of `cell` to every input, from the next compile on (call it before the first).
+
+        Args:
+            cell (Union[PromptTuningEmbedding, PromptEncoder]): called with the batch size, it returns
+                ``(batch, num_virtual_tokens, hidden_size)``. Its parameters are named by their path in this model,
+                ``bert.embeddings.virtual_tokens.<name>``, so delta checkpoints hold full names.
+
+        Raises:
+            TypeError: If `cell` is not a ``mindspore.nn.Cell``.
+            ValueError: If its ``token_dim`` is not the hidden size.
+        """
+        if not isinstance(cell, nn.Cell):
+            raise TypeError(f"For 'BertClassifier.set_virtual_tokens', the argument 'cell' must be a "
+                            f"mindspore.nn.Cell, but got {type(cell).__name__}.")
+        if getattr(cell, "token_dim", None) != self.config.hidden_size:
+            raise ValueError(f"For 'BertClassifier.set_virtual_tokens', the argument 'cell' must have token_dim "
+                             f"{self.config.hidden_size}, but got {getattr(cell, 'token_dim', None)}.")
+        self.bert.embeddings.virtual_tokens = cell
+        path = "bert.embeddings.virtual_tokens"
+        for local_name, param in cell.parameters_and_names():
+            param.name = f"{path}.{local_name}"
 
     def construct(self, input_ids, attention_mask):
         hidden = self.bert(input_ids, attention_mask)

@@ -32,6 +32,8 @@ LR_GRID = {
     "rslora": (5e-4, 1e-3),
     "dora": (1e-3, 2e-3),
     "ia3": (3e-3, 1e-2),
+    "prompt_tuning": (1e-2, 3e-2),
+    "ptuning": (3e-3, 1e-2),
 }
 # Short runs for timing: 20 steps, little to evaluate.
 TIMING_ARGS = ["--epochs", "1", "--num-train", "640", "--num-eval", "100"]

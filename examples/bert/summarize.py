@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "adapter", "low_rank_adapter", "ia3",
-                "bitfit", "ptuning2")
+                "bitfit", "ptuning2", "prompt_tuning", "ptuning")
 
 
 def read_runs(path):

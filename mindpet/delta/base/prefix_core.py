@@ -18,7 +18,7 @@ from mindpet.utils.validation import check_positive_int
 
 # PyTorch's nn.Embedding default, which Prefix-Tuning, P-Tuning v2 and ChatGLM2 trained with: unit-scale rows keep
 # the tanh of the MLP away from both zero and saturation.
-_TABLE_INIT = Normal(sigma=1.0)
+TABLE_INIT = Normal(sigma=1.0)
 
 
 @constexpr
@@ -36,7 +36,7 @@ class PrefixTable(nn.Cell):
 
     def __init__(self, prefix_length, width, owner):
         super().__init__()
-        self.embedding_table = make_parameter(_TABLE_INIT, (prefix_length, width), mstype.float32, "embedding_table",
+        self.embedding_table = make_parameter(TABLE_INIT, (prefix_length, width), mstype.float32, "embedding_table",
                                               "embedding_table", owner)
 
     def construct(self):
