@@ -20,6 +20,7 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.checkpoint.selection", "mindpet.checkpoint.sliced", "mindpet.utils.validation",
     "mindpet.delta.prompt_tuning.layer", "mindpet.delta.prompt_tuning.config", "mindpet.delta.ptuning.layer",
     "mindpet.delta.ptuning.config", "mindpet.delta.base.virtual_tokens",
+    "mindpet.quantization.nf4", "mindpet.quantization.layer", "mindpet.quantization.apply",
 }
 
 

@@ -19,6 +19,8 @@ held-out snippets, about 4 minutes on 2 CPU cores)::
     python examples/bert/finetune.py
     python examples/bert/finetune.py --method adapter --seed 1 --result-json results.jsonl
 
+``--method qlora`` quantizes every Dense layer of the encoder to NF4 (``quantize_base``) before LoRA goes on query and
+value; the run records the bytes of the encoder's frozen Dense weights (``base_weight_bytes``) for every method.
 ``--method lora_rdrop`` trains LoRA with the R-Drop loss (``RDropLoss`` on ``rdrop_repeat``-ed batches): every
 step runs the forward pass on twice the batch.
 
@@ -44,7 +46,7 @@ from mindspore.dataset import NumpySlicesDataset  # noqa: E402
 from mindspore.train import Callback, CheckpointConfig, LossMonitor, Model, TimeMonitor  # noqa: E402
 
 from bert.data import encode_reviews, load_tokenizer, read_reviews, split_reviews, text_token_ids  # noqa: E402
-from bert.methods import METHODS, apply_method, model_options  # noqa: E402
+from bert.methods import METHODS, QUANT_BLOCK_SIZE, apply_method, model_options  # noqa: E402
 from bert.modeling import BertClassifier, BertConfig  # noqa: E402
 from bert.weights import load_pretrained, model_file, read_pretrained  # noqa: E402
 from mindpet import TrainableParamsCheckPoint, load_delta_checkpoint, trainable_summary  # noqa: E402
@@ -59,7 +61,7 @@ WARMUP_SHARE = 0.1
 # The better peak learning rate of each method's two-rate grid (docs/results.md).
 DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
                "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3,
-               "prompt_tuning": 3e-2, "ptuning": 1e-2}
+               "prompt_tuning": 3e-2, "ptuning": 1e-2, "qlora": 1e-3}
 # Prompt tuning's default init text: a short description of the task, whose word embeddings start the prompt.
 PROMPT_INIT_TEXT = "Is this movie review positive or negative?"
 
@@ -201,6 +203,13 @@ def configure_compile_cache(directory):
         ms.set_context(enable_compile_cache=True, compile_cache_path=directory)
 
 
+def base_weight_bytes(net):
+    """The bytes of the encoder's frozen Dense weights as stored: float32 Parameters, or the NF4 codes and scales of
+    a quantized base (``qlora``)."""
+    return sum(param.nbytes for param in net.get_parameters() if param.name.startswith("bert.encoder.")
+               and not param.requires_grad and (param.name.endswith(".weight") or ".weight." in param.name))
+
+
 def peak_rss_mb():
     """The peak resident memory of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -222,7 +231,8 @@ def method_options(args, tokenizer):
     return {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "bottleneck_size": args.bottleneck_size,
             "reduction_factor": args.reduction_factor, "pre_seq_len": args.pre_seq_len,
             "num_virtual_tokens": args.num_virtual_tokens, "encoder_hidden_size": args.encoder_hidden_size,
-            "encoder_reparameterization_type": args.encoder_type, **prompt_init}
+            "encoder_reparameterization_type": args.encoder_type, **prompt_init,
+            "quant_block_size": args.quant_block_size}
 
 
 def parse_args(argv=None):
@@ -247,6 +257,8 @@ def parse_args(argv=None):
                         help="prompt tuning: the text whose word embeddings initialise the prompt ('' for random)")
     parser.add_argument("--encoder-hidden-size", type=int, default=128, help="P-tuning v1: encoder hidden size")
     parser.add_argument("--encoder-type", choices=["MLP", "LSTM"], default="MLP", help="P-tuning v1: encoder")
+    parser.add_argument("--quant-block-size", type=int, default=QUANT_BLOCK_SIZE,
+                        help="qlora: elements per NF4 absmax block")
     parser.add_argument("--rdrop-alpha", type=float, default=4.0, help="R-Drop weight (method lora_rdrop)")
     parser.add_argument("--mode", choices=sorted(MODES), default="graph", help="MindSpore execution mode")
     parser.add_argument("--output-dir", default="mindpet_minilm", help="folder of the delta checkpoints")
@@ -278,7 +290,8 @@ def main(argv=None):
     net, _ = build_model(config, args.method, read_pretrained(), **method_options(args, tokenizer))
     summary = trainable_summary(net)
     trainable, total = summary.trainable, summary.total
-    print(f"method {args.method}: {summary}")
+    print(f"method {args.method}: {summary}; the encoder's frozen Dense weights take "
+          f"{base_weight_bytes(net) / 1e6:.2f} MB")
     rdrop_alpha = args.rdrop_alpha if args.method == "lora_rdrop" else None
     delta_path, step_seconds, train_seconds = train(net, args.method, train_data, args.lr, args.epochs,
                                                     args.batch_size, args.seed, args.output_dir, rdrop_alpha)
@@ -286,6 +299,7 @@ def main(argv=None):
     acc = accuracy(logits, eval_data.labels)
     result = {"method": args.method, "seed": args.seed, "lr": args.lr, "accuracy": acc,
               "trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total,
+              "base_weight_bytes": base_weight_bytes(net),
               "steps": len(step_seconds), "train_seconds": train_seconds,
               "step_median_seconds": float(np.median(step_seconds)), "first_step_seconds": step_seconds[0],
               "delta_path": os.path.abspath(delta_path), "delta_bytes": os.path.getsize(delta_path),

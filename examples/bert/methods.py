@@ -7,8 +7,9 @@ into the model (``PrefixOptions``) and then frozen the same way. Prompt tuning a
 their config (``PromptTuningConfig`` / ``PTuningConfig``, ``make_cell``) and hand it to the model's embeddings hook
 (``BertClassifier.set_virtual_tokens``), after the pretrained weights are in: prompt tuning's ``TEXT`` init copies
 rows of the word embeddings. ``full`` and ``frozen_head`` are the two baselines, ``lora_rdrop`` is LoRA trained with
-the R-Drop loss, and ``rslora`` and ``dora`` are LoRA with those options. The mindpet methods and their configs come
-from :mod:`mindpet.registry`; this file only says where in BERT each one goes.
+the R-Drop loss, ``rslora`` and ``dora`` are LoRA with those options, and ``qlora`` is LoRA on a 4-bit NF4 base
+(:func:`mindpet.quantize_base` first). The mindpet methods and their configs come from :mod:`mindpet.registry`; this
+file only says where in BERT each one goes.
 
 Freeze before building the optimizer: an optimizer built earlier keeps updating every parameter it was given.
 
@@ -23,7 +24,7 @@ Freeze before building the optimizer: an optimizer built earlier keeps updating 
 import dataclasses
 
 from bert.modeling import PrefixOptions
-from mindpet import freeze_delta, freeze_modules, get_delta_model
+from mindpet import freeze_delta, freeze_modules, get_delta_model, quantize_base
 from mindpet.registry import get_method, method_names
 
 HEAD = "classifier"
@@ -37,12 +38,19 @@ TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_ad
 MODEL_SIDE = ("bitfit", "ptuning2")
 # Methods whose cell goes into the embeddings hook, then frozen with freeze_delta.
 VIRTUAL_TOKENS = ("prompt_tuning", "ptuning")
-# Example variants of a mindpet method: another loss on its delta (lora_rdrop), or config options (rsLoRA, DoRA).
-VARIANTS = {"lora_rdrop": "lora", "rslora": "lora", "dora": "lora"}
+# Example variants of a mindpet method: another loss on its delta (lora_rdrop), config options (rsLoRA, DoRA), or the
+# method on a quantized base (QLoRA).
+VARIANTS = {"lora_rdrop": "lora", "rslora": "lora", "dora": "lora", "qlora": "lora"}
 # Config fields each method or variant fixes: the LoRA options, and (IA)^3's feed-forward layers (PEFT's BERT
 # default: the output projections rescale their input).
 FIXED_OPTIONS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True},
                  "ia3": {"feedforward_modules": ["output.dense"]}}
+# QLoRA's base: every Dense layer of the encoder (the query, key, value and attention-output projections, the
+# feed-forward up- and down-projections) is stored in NF4; the embeddings, LayerNorms and the classifier head stay
+# float32. LoRA then goes on query and value, as for 'lora'.
+QUANTIZED_BASE = {"qlora": ["query", "key", "value", "output.dense", "intermediate.dense"]}
+# Elements per NF4 absmax block (the QLoRA paper's 64); it must divide the width of every quantized layer.
+QUANT_BLOCK_SIZE = 64
 METHODS = BASELINES + tuple(name for name in method_names()
                              if name in TARGETS or name in MODEL_SIDE or name in VIRTUAL_TOKENS) + tuple(VARIANTS)
 
@@ -69,7 +77,8 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
             BERT layers of :data:`TARGETS`.
         head (str, optional): The task head, trained by every method; None when the network has none.
             Default: ``'classifier'``.
-        **hyperparameters: Config fields, such as ``lora_rank`` or ``bottleneck_size``.
+        **hyperparameters: Config fields, such as ``lora_rank`` or ``bottleneck_size``; for ``'qlora'`` also
+            ``quant_block_size`` (default :data:`QUANT_BLOCK_SIZE`).
 
     Returns:
         list[str], the sorted names of the trainable parameters.
@@ -84,6 +93,9 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
         return freeze_modules(net, exclude=["*"])
     if method == "frozen_head":
         return freeze_modules(net, include=["*"], exclude=head_patterns)
+    if method in QUANTIZED_BASE:
+        quantize_base(net, QUANTIZED_BASE[method], block_size=hyperparameters.get("quant_block_size",
+                                                                                  QUANT_BLOCK_SIZE))
     record = get_method(VARIANTS.get(method, method))
     if record.name in MODEL_SIDE:
         return freeze_delta(net, mode=record.name, exclude=head_patterns)

@@ -34,6 +34,7 @@ LR_GRID = {
     "ia3": (3e-3, 1e-2),
     "prompt_tuning": (1e-2, 3e-2),
     "ptuning": (3e-3, 1e-2),
+    "qlora": (1e-3, 2e-3),
 }
 # Short runs for timing: 20 steps, little to evaluate.
 TIMING_ARGS = ["--epochs", "1", "--num-train", "640", "--num-eval", "100"]
@@ -98,6 +99,11 @@ def main():
     if not read_runs(timing_results):
         for method in args.methods:
             run_once(timing_results, args.output_dir, TIMING_ARGS + ["--method", method])
+    # QLoRA against fp32 LoRA, back to back: step time and the bytes of the frozen base weights.
+    qlora_results = os.path.splitext(args.results)[0] + "_qlora_timing.jsonl"
+    if "qlora" in args.methods and not read_runs(qlora_results):
+        for method in ("lora", "qlora"):
+            run_once(qlora_results, args.output_dir, TIMING_ARGS + ["--method", method])
 
 
 if __name__ == "__main__":

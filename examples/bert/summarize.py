@@ -4,7 +4,8 @@ For each method the learning rate is the one with the best held-out accuracy on 
 averages every seed run at that rate. Step time comes from the short back-to-back timing runs (the grid's own
 step times depend on what else the shared machine ran meanwhile), each over the full fine-tuning run of its own
 batch (the last one before it in the file); peak memory is the smallest over the method's grid runs. Both are
-relative to full fine-tuning's.
+relative to full fine-tuning's. QLoRA is compared with float32 LoRA in a table of its own, with the bytes of the
+encoder's frozen Dense weights and the step time of a back-to-back LoRA/QLoRA pair of short runs.
 
 Run::
 
@@ -16,8 +17,8 @@ import os
 
 import numpy as np
 
-METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "adapter", "low_rank_adapter", "ia3",
-                "bitfit", "ptuning2", "prompt_tuning", "ptuning")
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "qlora", "adapter", "low_rank_adapter",
+                "ia3", "bitfit", "ptuning2", "prompt_tuning", "ptuning")
 
 
 def read_runs(path):
@@ -75,6 +76,25 @@ def main_table(runs, timing_runs, first_seed):
     return "\n".join(lines)
 
 
+def qlora_table(runs, pair_runs, first_seed):
+    """QLoRA against float32 LoRA: accuracy per seed at each one's chosen rate, the bytes of the encoder's frozen
+    Dense weights, and the step time and peak memory of the back-to-back timing pair."""
+    pair = {run["method"]: run for run in pair_runs}
+    lines = ["| method | lr | accuracy per seed | mean | encoder Dense weights | step time / LoRA | "
+             "peak RSS (MB), timing run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method in ("lora", "qlora"):
+        method_runs, lr = chosen_runs(runs, method, first_seed)
+        accuracies = ", ".join(f"{run['seed']}: {run['accuracy']:.4f}"
+                               for run in sorted(method_runs, key=lambda run: run["seed"]))
+        mean = np.mean([run["accuracy"] for run in method_runs])
+        timing = pair[method]
+        step_ratio = timing["step_median_seconds"] / pair["lora"]["step_median_seconds"]
+        lines.append(f"| {method} | {lr:g} | {accuracies} | {mean:.4f} | {timing['base_weight_bytes'] / 1e6:.2f} MB | "
+                     f"{step_ratio:.2f} | {timing['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
 def grid_table(runs):
     lines = ["| method | lr | seed | accuracy | median step (s) | train wall (s) | peak RSS (MB) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -105,6 +125,9 @@ def main():
     print(main_table(runs, timing_runs, args.first_seed), end="\n\n")
     print(grid_table(runs), end="\n\n")
     print(timing_table(timing_runs + read_runs(stem + "_modes.jsonl")))
+    qlora_pair = stem + "_qlora_timing.jsonl"
+    if any(run["method"] == "qlora" for run in runs) and os.path.exists(qlora_pair):
+        print("", qlora_table(runs, read_runs(qlora_pair), args.first_seed), sep="\n")
 
 
 if __name__ == "__main__":
