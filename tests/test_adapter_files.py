@@ -93,10 +93,13 @@ def _quantized_tiny(seed=0):
 def _delta_net(method):
     """A trained-looking network of ``method`` (random nonzero delta) and a builder of its fresh base."""
     if method in PROMPT_CELLS:
-        def fresh(seed=5):
-            ms.set_seed(seed)
-            return SteeredModel(PROMPT_CELLS[method]())
-        trained = fresh(seed=1)
+        def fresh():
+            # One seed: the frozen head's bias is drawn from it. The trained delta is randomised below.
+            ms.set_seed(1)
+            model = SteeredModel(PROMPT_CELLS[method]())
+            freeze_delta(model, method)
+            return model
+        trained = fresh()
         _randomize([param for param in trained.get_parameters() if "mindpet_delta" in param.name], seed=2)
         return trained, fresh
     if method in LORA_VARIANTS:

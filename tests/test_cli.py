@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from injection_models import TinyNet
 
-from mindpet import AdapterConfig, LoraConfig, get_delta_model, load_delta, save_delta
+from mindpet import AdapterConfig, IA3Config, LoraConfig, get_delta_model, load_delta, save_delta
 from mindpet.checkpoint.adapter_files import WEIGHTS_FILE
 from mindpet.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 
@@ -105,6 +105,47 @@ def test_merge_equals_the_unmerged_network(lora_files, capsys, extension):
     assert "merged 4 modules of lora" in out and "2 saved module tensors replaced" in out
 
 
+MERGEABLE = {
+    "rslora": LoraConfig(target_modules=["q_proj", "mlp.1"], lora_rank=4, lora_alpha=6, use_rslora=True),
+    "dora": LoraConfig(target_modules=["q_proj", "mlp.1"], lora_rank=2, lora_alpha=6, alpha_pattern={"mlp.1": 3},
+                       use_dora=True),
+    # Output scaling scales the bias too; a feed-forward module's input scaling leaves it.
+    "ia3": IA3Config(target_modules=["k_proj", "mlp.0", "mlp.1"], feedforward_modules=["mlp.1"]),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(MERGEABLE))
+def test_merge_folds_rslora_dora_and_ia3(lora_files, capsys, variant):
+    folder = lora_files[0]
+    trained = get_delta_model(_tiny(), MERGEABLE[variant])
+    rng = np.random.default_rng(4)
+    for param in trained.trainable_params():
+        # Scales (DoRA's magnitudes, IA3's vectors) moved around their start, low-rank factors from zero.
+        around = "magnitude" in param.name or "ia3" in param.name
+        noise = rng.normal(0, 0.3, param.shape).astype(np.float32)
+        param.set_data(ms.Tensor(param.asnumpy() * (1 + noise) if around else noise))
+    adapter = save_delta(trained, str(folder / variant))
+    out_path = str(folder / f"{variant}.ckpt")
+    status, out, _ = _run(["merge", "--base", str(folder / "base.ckpt"), "--delta", adapter, "--out", out_path],
+                          capsys)
+    assert status == EXIT_OK
+    plain = TinyNet()
+    ms.load_param_into_net(plain, ms.load_checkpoint(out_path), strict_load=True)
+    merged_params = {param.name: param.asnumpy() for param in plain.get_parameters()}
+    base_params = {param.name: param.asnumpy() for param in _tiny().get_parameters()}
+    changed = sorted(name for name in base_params if not np.array_equal(merged_params[name], base_params[name]))
+    expected = {"rslora": ["layers.{}.attn.q_proj.weight", "layers.{}.mlp.1.weight"],
+                "dora": ["layers.{}.attn.q_proj.weight", "layers.{}.mlp.1.weight"],
+                "ia3": ["layers.{}.attn.k_proj.bias", "layers.{}.attn.k_proj.weight", "layers.{}.mlp.0.bias",
+                        "layers.{}.mlp.0.weight", "layers.{}.mlp.1.weight"]}[variant]
+    assert changed == sorted(name.format(i) for i in range(2) for name in expected)
+    np.testing.assert_allclose(plain(_x()).asnumpy(), trained(_x()).asnumpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(_tiny()(_x()).asnumpy() - trained(_x()).asnumpy()).max() > 1e-2
+    name, change = max(((name, np.abs(merged_params[name] - base_params[name]).max()) for name in changed),
+                       key=lambda item: item[1])
+    assert f"largest weight change: {change:.6g} in '{name}'" in out
+
+
 def test_merge_failures(lora_files, capsys, tmp_path):
     folder, adapter, _ = lora_files
     base = str(folder / "base.ckpt")
@@ -120,7 +161,7 @@ def test_merge_failures(lora_files, capsys, tmp_path):
     adapter_net = get_delta_model(_tiny(), AdapterConfig(target_modules=["v_proj"], bottleneck_size=4))
     other = save_delta(adapter_net, str(tmp_path / "bottleneck"))
     status, _, err = _run(["merge", "--base", base, "--delta", other, "--out", str(folder / "m.ckpt")], capsys)
-    assert status == EXIT_FAILURE and "does not fold" in err
+    assert status == EXIT_FAILURE and "does not fold" in err and "only ['lora', 'ia3'] do" in err
     status, _, err = _run(["merge", "--delta", adapter], capsys)
     assert status == EXIT_USAGE and "--base" in err
 
