@@ -12,9 +12,9 @@ import mindspore as ms
 import numpy as np
 import pytest
 from injection_models import TinyNet, hand_written
-from virtual_token_helpers import SEQ_LENGTH, VOCAB, WIDTH, SteeredModel
 from mindspore import dataset as ds
 from mindspore import nn
+from virtual_token_helpers import SEQ_LENGTH, VOCAB, WIDTH, SteeredModel
 
 from mindpet import (
     AdapterConfig,

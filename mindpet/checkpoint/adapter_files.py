@@ -204,7 +204,8 @@ def delta_file_contents(network, key_map, owner):
     fmt = delta.method.adapter_format
     if fmt.pathless and len(delta.cells) > 1:
         raise ValueError(f"For '{owner}', the network holds {len(delta.cells)} {delta.method.name} cells "
-                         f"({quote_names(sorted(delta.cells))}); its adapter file, as PEFT's, holds the tensors of one.")
+                         f"({quote_names(sorted(delta.cells))}); its adapter file, as PEFT's, holds the tensors of "
+                         f"one.")
     map_out = path_mapper(key_map, owner)
     tensors, bfloat16_keys, sources = {}, set(), {}
     for tensor, is_delta in [(t, True) for t in delta.tensors] + [(t, False) for t in delta.saved]:
@@ -296,12 +297,14 @@ def save_delta(network, directory, key_map=None):
 
     The directory gets ``adapter_config.json`` (the method's config: ``peft_type``, its hyperparameters, the adapted
     module paths as ``target_modules``, and ``modules_to_save``) and ``adapter_model.safetensors`` (the delta
-    tensors and the other trained parameters, never optimizer state). LoRA is written in Hugging Face PEFT's layout,
-    so ``PeftModel.from_pretrained`` reads it; other methods use a ``peft_type`` of their own (see
-    ``docs/adapter_files.md``). mindpet's version, MindSpore's, the format version and the base fingerprint (the
-    shape of each adapted weight) go into the safetensors metadata. The directory appears complete or not at all: the
-    files are written into a staging folder that is renamed onto `directory`. An existing adapter directory there is
-    replaced; a folder holding other files is refused.
+    tensors and the other trained parameters, never optimizer state). LoRA (with rsLoRA and DoRA), IA3, prompt tuning
+    and P-tuning v1 are written in Hugging Face PEFT's layout, so ``PeftModel.from_pretrained`` reads them (a prompt
+    method's file holds PEFT's single ``prompt_embeddings``, without ``target_modules``); other methods use a
+    ``peft_type`` of their own (see ``docs/adapter_files.md``). mindpet's version, MindSpore's, the format version and
+    the base fingerprint (the shape of each adapted weight, and how it is quantized on an NF4 base) go into the
+    safetensors metadata. The directory appears complete or not at all: the files are written into a staging folder
+    that is renamed onto `directory`. An existing adapter directory there is replaced; a folder holding other files
+    is refused.
 
     Args:
         network (mindspore.nn.Cell): the network with its delta: cells injected by
@@ -317,8 +320,8 @@ def save_delta(network, directory, key_map=None):
 
     Raises:
         TypeError: `network` is not a Cell, `directory` not a str, `key_map` not a dict of str or a callable.
-        ValueError: the network holds no delta, or deltas of several methods; `key_map` maps two parameters to one
-            key; `directory` names a file or a folder holding other files.
+        ValueError: the network holds no delta, deltas of several methods, or several cells of a prompt method;
+            `key_map` maps two parameters to one key; `directory` names a file or a folder holding other files.
 
     Examples:
         >>> import os, tempfile
@@ -543,8 +546,11 @@ def _only_quantization_differs(found, recorded):
     differs)."""
     if not isinstance(found, dict) or not isinstance(recorded, dict) or found == recorded:
         return False
-    strip = lambda fingerprint: {key: value for key, value in fingerprint.items() if key != "quantization"}
-    return strip(found) == strip(recorded)
+    return _without_quantization(found) == _without_quantization(recorded)
+
+
+def _without_quantization(fingerprint):
+    return {key: value for key, value in fingerprint.items() if key != "quantization"}
 
 
 def _describe_storage(quantization):
@@ -724,12 +730,15 @@ def load_delta(network, directory, strict=True, key_map=None):
     A network with no cells of the directory's method gets them first, injected by
     :func:`~mindpet.get_delta_model` from the file's config at exactly the layers the file adapts (with the file's
     rank and alpha per layer); afterwards only the delta and the saved modules train. A network that already holds
-    the cells is loaded directly, after their settings (LoRA's rank and alpha) are checked against the file's: a
-    wrong ``lora_alpha`` is refused, never loaded silently. The base fingerprint saved by mindpet (the shape of each
-    adapted weight) is checked first. Everything is checked before anything is set: when this raises, the network is
-    as it was (an injection is undone). Fields of a PEFT config that mindpet does not know are reported in one warning
-    and ignored; a setting that would change what the tensors mean (``fan_in_fan_out``, ``lora_bias``, ...) is
-    refused.
+    the cells is loaded directly, after their settings (LoRA's rank, alpha and variants, IA3's ``feedforward``, a
+    prompt's length and width) are checked against the file's: a wrong ``lora_alpha`` is refused, never loaded
+    silently. A prompt method's file loads into the network's one cell of that method, wherever it is. The base
+    fingerprint saved by mindpet (the shape of each adapted weight) is checked first; a base quantized otherwise than
+    the one the delta was made on (NF4 against float, or another block size), with the same shapes, is loaded with a
+    warning naming the weight, as PEFT loads QLoRA adapters on 16-bit bases. Everything is checked before anything
+    is set: when this raises, the network is as it was (an injection is undone). Fields of a PEFT config that mindpet
+    does not know are reported in one warning and ignored; a setting that would change what the tensors mean
+    (``fan_in_fan_out``, ``lora_bias``, ...) is refused.
 
     Args:
         network (mindspore.nn.Cell): the base network, or one holding the method's cells; not merged.
@@ -752,8 +761,9 @@ def load_delta(network, directory, strict=True, key_map=None):
         ValueError: a file is malformed or holds no tensor; the ``peft_type`` is not one mindpet loads; the config sets
             something mindpet would misread; the fingerprint differs (the message names the first differing weight);
             the file adapts layers the network lacks; held cells' settings differ from the file's; a method applied
-            in the model source has no cells to load into; a shape differs; a cell is merged; or, with `strict`,
-            parameters are missing or unexpected.
+            in the model source has no cells to load into (a prompt method: not exactly one); the file holds only a
+            tensor derived from the cell (PEFT's P-tuning ``prompt_embeddings``); a shape differs; a cell is merged;
+            or, with `strict`, parameters are missing or unexpected.
 
     Examples:
         >>> import os, tempfile
@@ -789,8 +799,9 @@ def load_delta(network, directory, strict=True, key_map=None):
         raise ValueError(f"For '{owner}', the cells {quote_names(merged)} are merged; call unmerge() on them before "
                          f"loading a delta, or the old update stays folded into their weights.")
     check_fingerprint(files, dict(network.cells_and_names()), map_in, owner)
-    pathless_cell = _pathless_cell(network, method, directory, owner) if method.adapter_format.pathless else (None,
-                                                                                                              None)
+    pathless_cell = (None, None)
+    if method.adapter_format.pathless:
+        pathless_cell = _pathless_cell(network, method, directory, owner)
     entries = place_entries(files, method, map_in, pathless_cell)
     entries = _without_derived(entries, method, directory, owner)
     undo = _prepare_cells(network, files, method, entries, owner)
