@@ -185,9 +185,13 @@ def _checkpoint_adapter(args, owner):
         method = get_method(args.method, "--method", owner)
     except ValueError as err:
         raise UsageError(f"argument --method: {err}") from err
+    convertible = [m.name for m in METHODS if m.config_class and not m.adapter_format.pathless]
     if method.config_class is None:
-        raise UsageError(f"argument --method: {method.name} has no config; convert takes "
-                         f"{[m.name for m in METHODS if m.config_class]}")
+        raise UsageError(f"argument --method: {method.name} has no config; convert takes {convertible}")
+    if method.adapter_format.pathless:
+        raise UsageError(f"argument --method: {method.name}'s cell is written in the model source, and its file is "
+                         f"read from the cell itself; load the checkpoint into the network holding the cell and call "
+                         f"mindpet.save_delta. convert takes {convertible}")
     tensors, _ = read_tensors(args.src, "SRC")
     modules, saved = {}, {}
     for name, value in tensors.items():
@@ -208,13 +212,8 @@ def _checkpoint_adapter(args, owner):
     except (TypeError, ValueError) as err:
         raise UsageError(f"the hyperparameters: {err}") from err
     fmt = method.adapter_format
-    if fmt.pathless and len(modules) > 1:
-        raise _fail(f"'{args.src}' holds the {method.name} parameters of {len(modules)} cells {sorted(modules)}; its "
-                    f"adapter file holds one")
     fields = {"peft_type": fmt.peft_type, **(fmt.to_json(config, {m: None for m in modules}) if fmt.to_json else {}),
-              "modules_to_save": config.modules_to_save}
-    if not fmt.pathless:
-        fields["target_modules"] = sorted(modules)
+              "target_modules": sorted(modules), "modules_to_save": config.modules_to_save}
     file_tensors = {}
     for module, locals_ in modules.items():
         settings = fmt.target_settings(fields, module) if fmt.target_settings else {}

@@ -12,6 +12,7 @@ from injection_models import TinyNet
 
 from mindpet import AdapterConfig, IA3Config, LoraConfig, get_delta_model, load_delta, save_delta
 from mindpet.checkpoint.adapter_files import WEIGHTS_FILE
+from mindpet.checkpoint.safetensors_file import read_safetensors
 from mindpet.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,6 +192,9 @@ def test_convert_failures(lora_files, capsys):
     assert status == EXIT_USAGE and "already exists" in err
     status, _, err = _run(["convert", source, str(folder / "a"), "--method", "adapter"], capsys)
     assert status == EXIT_FAILURE and "holds no adapter parameter" in err
+    status, _, err = _run(["convert", source, str(folder / "a"), "--method", "prompt_tuning"], capsys)
+    assert status == EXIT_USAGE and "prompt_tuning's cell is written in the model source" in err and \
+        "mindpet.save_delta" in err
     # A wrong rank on the command line is caught when the directory is loaded: shapes are checked.
     status, _, _ = _run(["convert", source, str(folder / "wrong"), "--method", "lora", "--lora_rank", "3",
                          "--lora_alpha", "6"], capsys)
@@ -198,6 +202,28 @@ def test_convert_failures(lora_files, capsys):
     with pytest.raises(ValueError, match=r"has shape \(2, 16\).*needs \(3, 16\)"):
         load_delta(_tiny(), str(folder / "wrong"))
     assert not os.path.exists(folder / "a")
+
+
+def test_convert_an_ia3_checkpoint_with_feedforward_modules(lora_files, capsys):
+    folder = lora_files[0]
+    trained = get_delta_model(_tiny(), MERGEABLE["ia3"])
+    _randomize(trained)
+    source = str(folder / "ia3.ckpt")
+    ms.save_checkpoint(trained.trainable_params(), source)
+    # The checkpoint's modules become exact target paths, so a list entry of feedforward_modules must be one of
+    # them (IA3Config: a subset of target_modules); a regular expression names them by pattern.
+    status, _, err = _run(["convert", source, str(folder / "ia3"), "--method", "ia3", "--feedforward_modules",
+                           '["mlp.1"]'], capsys)
+    assert status == EXIT_USAGE and "'feedforward_modules' must be a subset of target_modules" in err
+    status, out, _ = _run(["convert", source, str(folder / "ia3"), "--method", "ia3", "--feedforward_modules",
+                           r".*\.mlp\.1"], capsys)
+    assert status == EXIT_OK and "wrote 6 tensors of ia3 (6 modules)" in out
+    tensors, _ = read_safetensors(os.path.join(str(folder / "ia3"), WEIGHTS_FILE))
+    assert tensors["base_model.model.layers.0.mlp.1.ia3_l"].shape == (1, 32)
+    assert tensors["base_model.model.layers.0.mlp.0.ia3_l"].shape == (32, 1)
+    fresh = _tiny()
+    load_delta(fresh, str(folder / "ia3"))
+    np.testing.assert_allclose(fresh(_x()).asnumpy(), trained(_x()).asnumpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_python_dash_m_mindpet(lora_files):
