@@ -84,8 +84,9 @@ LORA_VARIANTS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True}, "ql
 # Methods whose cells are written in the model source; the fresh network holds fresh cells.
 PROMPT_CELLS = {"prompt_tuning": lambda: PromptTuningEmbedding(4, WIDTH),
                 # The LSTM encoder here; the MLP's file is checked against PEFT in test_peft_interop.py.
-                "ptuning": lambda: PromptEncoder(4, WIDTH, encoder_hidden_size=5, encoder_reparameterization_type="LSTM",
-                                                 encoder_num_layers=1, compute_dtype=ms.float32)}
+                "ptuning": lambda: PromptEncoder(4, WIDTH, encoder_hidden_size=5,
+                                                 encoder_reparameterization_type="LSTM", encoder_num_layers=1,
+                                                 compute_dtype=ms.float32)}
 
 
 def _quantized_tiny(seed=0):
