@@ -145,11 +145,6 @@ def _bitfit_delta(network, owner):
     return NetworkDelta(bitfit, None, {tensor.module: None for tensor in tensors}, tensors, saved)
 
 
-def _owned_parameters(cell, method):
-    """``[(name in the cell, Parameter)]`` of the delta parameters of ``method`` that ``cell`` holds."""
-    return [(local, param) for local, param in cell.parameters_and_names() if method.owns_parameter(param.name)]
-
-
 def find_delta(network, owner):
     """The one delta method ``network`` holds, its cells, its tensors and the other trained parameters.
 
@@ -170,7 +165,7 @@ def find_delta(network, owner):
     method = found[0][2]
     tensors, cells = [], {}
     for path, cell, _ in found:
-        owned = _owned_parameters(cell, method)
+        owned = [(local, param) for local, param in cell.parameters_and_names() if method.owns_parameter(param.name)]
         # A parameter is named by its path in the user's network, also when `network` wraps it (a training cell).
         local, param = owned[0]
         module = param.name[:-len(local)].rstrip(".") if param.name.endswith(local) else path
