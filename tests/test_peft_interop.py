@@ -181,6 +181,16 @@ def _randomise_delta(net, seed, scale=0.05, around_one=False):
         param.set_data(ms.Tensor(param.asnumpy() * (1 + noise) if keep else noise, param.dtype))
 
 
+def _load_in_peft(folder):
+    """``PeftModel.from_pretrained`` on the torch MiniLM, after checking that every JSON field mindpet wrote is a
+    field of the PEFT config class it becomes."""
+    loaded = peft.PeftModel.from_pretrained(_torch_bert(), folder).eval()
+    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as file:
+        written = set(json.load(file))
+    assert written <= set(type(loaded.peft_config["default"]).__dataclass_fields__)
+    return loaded
+
+
 def _peft_round_trip(pretrained, tmp_path, peft_model, folder, check_cells=None, around_one=False):
     """PEFT -> mindpet: ``folder`` loaded into the MindSpore MiniLM gives ``peft_model``'s hidden states; mindpet ->
     PEFT: the delta randomised again, saved, and loaded with ``PeftModel.from_pretrained``. Returns both max diffs."""
@@ -198,7 +208,7 @@ def _peft_round_trip(pretrained, tmp_path, peft_model, folder, check_cells=None,
     _randomise_delta(net, seed=3, around_one=around_one)
     ours = _mindspore_hidden(net, batch)
     saved = save_delta(net, str(tmp_path / "mindpet"), key_map=cell_to_torch_path)
-    loaded = peft.PeftModel.from_pretrained(_torch_bert(), saved).eval()
+    loaded = _load_in_peft(saved)
     into_peft = np.abs(_torch_hidden(loaded, batch) - ours).max()
     assert into_peft < TOLERANCE
     assert np.abs(_torch_hidden(peft_model, batch) - ours).max() > 100 * TOLERANCE
@@ -271,7 +281,7 @@ def test_prompt_tuning_adapter_travels_both_ways(pretrained, pynative, tmp_path)
     _randomise_delta(net, seed=4, scale=0.5)
     ours = _mindspore_hidden(net.bert, batch)
     saved = save_delta(net, str(tmp_path / "mindpet"))
-    loaded = peft.PeftModel.from_pretrained(_torch_bert(), saved).eval()
+    loaded = _load_in_peft(saved)
     np.testing.assert_allclose(_text_hidden(_torch_hidden(loaded, batch)), ours, atol=TOLERANCE)
     assert np.abs(expected - ours).max() > 100 * TOLERANCE
 
@@ -285,7 +295,7 @@ def test_ptuning_adapter_loads_in_peft_and_peft_ptuning_is_refused(pretrained, p
     saved = save_delta(net, str(tmp_path / "mindpet"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = peft.PeftModel.from_pretrained(_torch_bert(), saved).eval()
+        loaded = _load_in_peft(saved)
     # PEFT reads prompt_embeddings and ignores the encoder's own tensors, without a word about them.
     assert not [w for w in caught if "mindpet_delta" in str(w.message)]
     np.testing.assert_allclose(_text_hidden(_torch_hidden(loaded, batch)), ours, atol=TOLERANCE)
