@@ -23,12 +23,13 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from bert.modeling import BertClassifier, BertConfig, BertModel  # noqa: E402
-from bert.weights import BACKBONE_PREFIX, model_dir, model_file, read_pretrained  # noqa: E402
+from bert.weights import BACKBONE_PREFIX, hf_to_mindspore_name, model_dir, model_file, read_pretrained  # noqa: E402
 from injection_models import TinyNet  # noqa: E402
 
 from mindpet import AdapterConfig, freeze_delta, get_delta_model, load_delta, save_delta  # noqa: E402
 from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
-from mindpet.checkpoint.safetensors_file import read_safetensors  # noqa: E402
+from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors  # noqa: E402
+from mindpet.cli import EXIT_OK, main  # noqa: E402
 from mindpet.delta import IA3Dense, LoRADense, PromptEncoder, PromptTuningEmbedding  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -215,6 +216,23 @@ def _peft_round_trip(pretrained, tmp_path, peft_model, folder, check_cells=None,
     return into_mindpet, into_peft
 
 
+def _assert_mindpet_merge_is_peft_merge(pretrained, tmp_path, peft_model, folder):
+    """``mindpet merge`` of the PEFT adapter ``folder`` into the MiniLM's weights gives the weights and biases of
+    PEFT's own ``merge_and_unload`` (float32, within 1e-5); ``peft_model`` is merged in place."""
+    base, out = str(tmp_path / "base.safetensors"), str(tmp_path / "merged.safetensors")
+    write_safetensors(base, pretrained)
+    key_map = [f"encoder.layer.{i}.attention.self=encoder.layer.{i}.attention.self_attention" for i in range(6)]
+    assert main(["merge", "--base", base, "--delta", folder, "--out", out]
+                + [arg for pair in key_map for arg in ("--key-map", pair)]) == EXIT_OK
+    merged, _ = read_safetensors(out)
+    changed = 0
+    for name, value in peft_model.merge_and_unload().state_dict().items():
+        ours = merged[hf_to_mindspore_name(name)[len(BACKBONE_PREFIX):]]
+        np.testing.assert_allclose(ours, value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+        changed += not np.array_equal(ours, pretrained[hf_to_mindspore_name(name)[len(BACKBONE_PREFIX):]])
+    return changed
+
+
 @pytest.mark.parametrize("variant", ["use_rslora", "use_dora"])
 def test_rslora_and_dora_adapters_travel_both_ways(variant, pretrained, pynative, tmp_path):
     folder = str(tmp_path / "peft")
@@ -226,6 +244,8 @@ def test_rslora_and_dora_adapters_travel_both_ways(variant, pretrained, pynative
             == (2, 8)
 
     _peft_round_trip(pretrained, tmp_path, peft_model, folder, check_cells)
+    # Query and value weights of 6 layers.
+    assert _assert_mindpet_merge_is_peft_merge(pretrained, tmp_path, peft_model, folder) == 12
 
 
 def test_ia3_adapter_travels_both_ways(pretrained, pynative, tmp_path):
@@ -244,6 +264,8 @@ def test_ia3_adapter_travels_both_ways(pretrained, pynative, tmp_path):
         assert layer.output.dense.feedforward and layer.attention.output.dense.feedforward
 
     _peft_round_trip(pretrained, tmp_path, peft_model, folder, check_cells, around_one=True)
+    # Key and value weights and biases, and the weights of both output.dense (feed-forward: input scaled, bias kept).
+    assert _assert_mindpet_merge_is_peft_merge(pretrained, tmp_path, peft_model, folder) == 6 * 6
 
 
 NUM_VIRTUAL_TOKENS = 5
