@@ -124,7 +124,8 @@ def merge(args):
     method = method_of_peft_type(files.fields["peft_type"], owner, source)
     fmt = method.adapter_format
     if not fmt.foldable:
-        raise _fail(f"the {method.name} adapter in {source} does not fold into base weights (only LoRA does); "
+        foldable = [m.name for m in METHODS if m.adapter_format.foldable]
+        raise _fail(f"the {method.name} adapter in {source} does not fold into base weights (only {foldable} do); "
                     f"load it with mindpet.load_delta instead")
     check_fields(files.fields, method, source, owner)
     map_in = path_mapper(_parse_key_map(args.key_map), owner)
@@ -137,16 +138,21 @@ def merge(args):
     merged = dict(base)
     largest = (0.0, None)
     for module, (file_module, tensors) in sorted(by_module.items()):
-        weight_name = join_path(module, "weight")
+        weight_name, bias_name = join_path(module, "weight"), join_path(module, "bias")
         if weight_name not in base:
             raise _fail(f"the base '{args.base}' has no '{weight_name}' for the adapted module '{file_module}' of "
                         f"{source}; pass --key-map OLD=NEW to map the adapter's module paths to the base's names")
-        weight = base[weight_name].astype(np.float32)
-        folded = fmt.fold(weight, {k: v.astype(np.float32) for k, v in tensors.items()},
+        originals = {weight_name: base[weight_name].astype(np.float32)}
+        if bias_name in base:
+            originals[bias_name] = base[bias_name].astype(np.float32)
+        folded = fmt.fold(originals[weight_name], originals.get(bias_name),
+                          {k: v.astype(np.float32) for k, v in tensors.items()},
                           fmt.target_settings(files.fields, file_module))
-        change = float(np.abs(folded - weight).max())
-        largest = max(largest, (change, weight_name), key=lambda item: item[0])
-        merged[weight_name] = folded.astype(base[weight_name].dtype)
+        for name, value in zip((weight_name, bias_name), folded):
+            if name in originals:
+                change = float(np.abs(value - originals[name]).max())
+                largest = max(largest, (change, name), key=lambda item: item[0])
+                merged[name] = value.astype(base[name].dtype)
     for name, value in replaced.items():
         if name not in base or base[name].shape != value.shape:
             raise _fail(f"the saved module tensor '{name}' of {source} has no parameter of shape {value.shape} in "
@@ -179,9 +185,13 @@ def _checkpoint_adapter(args, owner):
         method = get_method(args.method, "--method", owner)
     except ValueError as err:
         raise UsageError(f"argument --method: {err}") from err
+    convertible = [m.name for m in METHODS if m.config_class and not m.adapter_format.pathless]
     if method.config_class is None:
-        raise UsageError(f"argument --method: {method.name} has no config; convert takes "
-                         f"{[m.name for m in METHODS if m.config_class]}")
+        raise UsageError(f"argument --method: {method.name} has no config; convert takes {convertible}")
+    if method.adapter_format.pathless:
+        raise UsageError(f"argument --method: {method.name}'s cell is written in the model source, and its file is "
+                         f"read from the cell itself; load the checkpoint into the network holding the cell and call "
+                         f"mindpet.save_delta. convert takes {convertible}")
     tensors, _ = read_tensors(args.src, "SRC")
     modules, saved = {}, {}
     for name, value in tensors.items():
@@ -202,15 +212,15 @@ def _checkpoint_adapter(args, owner):
     except (TypeError, ValueError) as err:
         raise UsageError(f"the hyperparameters: {err}") from err
     fmt = method.adapter_format
-    file_tensors = {}
-    for module, locals_ in modules.items():
-        for local, value in locals_.items():
-            file_tensors[fmt.key_prefix + join_path(module, fmt.file_name(local))] = value.reshape(
-                fmt.file_shape(local, value.shape))
-    for name, value in saved.items():
-        file_tensors[fmt.key_prefix + name] = value
     fields = {"peft_type": fmt.peft_type, **(fmt.to_json(config, {m: None for m in modules}) if fmt.to_json else {}),
               "target_modules": sorted(modules), "modules_to_save": config.modules_to_save}
+    file_tensors = {}
+    for module, locals_ in modules.items():
+        settings = fmt.target_settings(fields, module) if fmt.target_settings else {}
+        for local, value in locals_.items():
+            file_tensors[fmt.file_key(module, local)] = value.reshape(fmt.file_shape(local, value.shape, settings))
+    for name, value in saved.items():
+        file_tensors[fmt.file_key("", name, is_delta=False)] = value
     # No base network is at hand, so the file has no fingerprint; load_delta checks the tensor shapes.
     return method, AdapterFiles(args.src, fields, file_tensors, adapter_metadata(fingerprint=None))
 

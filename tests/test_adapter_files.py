@@ -14,6 +14,7 @@ import pytest
 from injection_models import TinyNet, hand_written
 from mindspore import dataset as ds
 from mindspore import nn
+from virtual_token_helpers import SEQ_LENGTH, VOCAB, WIDTH, SteeredModel
 
 from mindpet import (
     AdapterConfig,
@@ -24,13 +25,14 @@ from mindpet import (
     freeze_delta,
     get_delta_model,
     load_delta,
+    quantize_base,
     save_delta,
 )
 from mindpet.checkpoint import adapter_files
 from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.atomic import STAGING_PREFIX, remove_stale_staging_dirs
 from mindpet.checkpoint.safetensors_file import SafetensorsError, read_safetensors, write_safetensors
-from mindpet.delta import LoRADense, PrefixEncoder, PrefixLayer
+from mindpet.delta import LoRADense, PrefixEncoder, PrefixLayer, PromptEncoder, PromptTuningEmbedding
 from mindpet.registry import METHODS, method_of_cell
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,8 +79,38 @@ class PTuningNet(nn.Cell):
         return self.readout(x + prefixes[0].sum() - prefixes[1].mean())
 
 
+# LoRA's variants and LoRA on an NF4 base, round-tripped beside the registered methods.
+LORA_VARIANTS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True}, "qlora": {}}
+# Methods whose cells are written in the model source; the fresh network holds fresh cells.
+PROMPT_CELLS = {"prompt_tuning": lambda: PromptTuningEmbedding(4, WIDTH),
+                # The LSTM encoder here; the MLP's file is checked against PEFT in test_peft_interop.py.
+                "ptuning": lambda: PromptEncoder(4, WIDTH, encoder_hidden_size=5,
+                                                 encoder_reparameterization_type="LSTM", encoder_num_layers=1,
+                                                 compute_dtype=ms.float32)}
+
+
+def _quantized_tiny(seed=0):
+    return quantize_base(_tiny(seed), ["q_proj", "mlp.0"], block_size=16)
+
+
 def _delta_net(method):
     """A trained-looking network of ``method`` (random nonzero delta) and a builder of its fresh base."""
+    if method in PROMPT_CELLS:
+        def fresh():
+            # One seed: the frozen head's bias is drawn from it. The trained delta is randomised below.
+            ms.set_seed(1)
+            model = SteeredModel(PROMPT_CELLS[method]())
+            freeze_delta(model, method)
+            return model
+        trained = fresh()
+        _randomize([param for param in trained.get_parameters() if "mindpet_delta" in param.name], seed=2)
+        return trained, fresh
+    if method in LORA_VARIANTS:
+        trained = _quantized_tiny() if method == "qlora" else _tiny()
+        get_delta_model(trained, LoraConfig(target_modules=["q_proj", "mlp.0"], lora_rank=2, lora_alpha=6,
+                                            **LORA_VARIANTS[method]))
+        _randomize(trained.trainable_params(), seed=3)
+        return trained, (_quantized_tiny if method == "qlora" else _tiny)
     if method in ("prefix", "ptuning2"):
         cls = PrefixNet if method == "prefix" else PTuningNet
         trained = cls(seed=1)
@@ -95,15 +127,23 @@ def _delta_net(method):
                                      rank_pattern={"mlp.0": 3}, modules_to_save=["head"]),
                   "adapter": AdapterConfig(target_modules=["v_proj"], bottleneck_size=3),
                   "low_rank_adapter": LowRankAdapterConfig(target_modules=["o_proj"], reduction_factor=4),
-                  "ia3": IA3Config(target_modules=["k_proj", "mlp.1"], feedforward_modules=["mlp.1"])}[method]
+                  "ia3": IA3Config(target_modules=["k_proj", "mlp.0", "mlp.1"], feedforward_modules=["mlp.1"])}[method]
         get_delta_model(trained, config)
     _randomize(trained.trainable_params(), seed=3)
     return trained, _tiny
 
 
-def _input(method):
+def _inputs(method):
+    rng = np.random.default_rng(7)
+    if method in PROMPT_CELLS:
+        return (ms.Tensor(rng.integers(0, VOCAB, (2, SEQ_LENGTH)), ms.int32),
+                ms.Tensor(np.ones((2, SEQ_LENGTH)), ms.int32))
     shape = (2, 8) if method in ("prefix", "ptuning2") else (2, 5, 16)
-    return ms.Tensor(np.random.default_rng(7).normal(size=shape).astype(np.float32))
+    return (ms.Tensor(rng.normal(size=shape).astype(np.float32)),)
+
+
+def _input(method):
+    return _inputs(method)[0]
 
 
 def _values(net):
@@ -117,24 +157,29 @@ def _assert_unchanged(net, before):
         assert np.array_equal(after[name], value), name
 
 
-@pytest.mark.parametrize("method", [method.name for method in METHODS])
+@pytest.mark.parametrize("method", [method.name for method in METHODS] + list(LORA_VARIANTS))
 def test_round_trip_into_a_fresh_base(method, mode, tmp_path):
     trained, fresh_base = _delta_net(method)
-    x = _input(method)
-    expected = trained(x).asnumpy()
+    x = _inputs(method)
+    expected = trained(*x).asnumpy()
     folder = save_delta(trained, str(tmp_path / "adapter"))
     fresh = fresh_base()
     if method in ("prefix", "ptuning2"):
         fresh.readout.weight.set_data(trained.readout.weight.data)
         fresh.readout.bias.set_data(trained.readout.bias.data)
     # The base alone computes something else (a separate instance: a compiled graph would keep the old layers).
-    assert not np.allclose(fresh_base()(x).asnumpy(), expected, atol=1e-3)
+    assert not np.allclose(fresh_base()(*x).asnumpy(), expected, atol=1e-3)
     result = load_delta(fresh, folder)
     assert result.missing == [] and result.unexpected == []
-    np.testing.assert_allclose(fresh(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
-    if method not in ("prefix", "ptuning2", "bitfit"):
+    np.testing.assert_allclose(fresh(*x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    if method in PROMPT_CELLS:
+        assert sorted(_values(fresh)) == sorted(_values(trained))
+        for name, value in _values(trained).items():
+            if "mindpet_delta" in name:
+                np.testing.assert_array_equal(_values(fresh)[name], value)
+    elif method not in ("prefix", "ptuning2", "bitfit"):
         adapted = sorted(path for path, cell in trained.cells_and_names() if method_of_cell(cell) is not None)
-        assert fresh.delta_configs[method].target_modules == adapted
+        assert fresh.delta_configs["lora" if method in LORA_VARIANTS else method].target_modules == adapted
         assert sorted(_values(fresh)) == sorted(_values(trained))
         assert sorted(p.name for p in fresh.trainable_params()) == sorted(p.name for p in trained.trainable_params())
 

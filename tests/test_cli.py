@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from injection_models import TinyNet
 
-from mindpet import AdapterConfig, LoraConfig, get_delta_model, load_delta, save_delta
+from mindpet import AdapterConfig, IA3Config, LoraConfig, get_delta_model, load_delta, save_delta
 from mindpet.checkpoint.adapter_files import WEIGHTS_FILE
+from mindpet.checkpoint.safetensors_file import read_safetensors
 from mindpet.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +106,47 @@ def test_merge_equals_the_unmerged_network(lora_files, capsys, extension):
     assert "merged 4 modules of lora" in out and "2 saved module tensors replaced" in out
 
 
+MERGEABLE = {
+    "rslora": LoraConfig(target_modules=["q_proj", "mlp.1"], lora_rank=4, lora_alpha=6, use_rslora=True),
+    "dora": LoraConfig(target_modules=["q_proj", "mlp.1"], lora_rank=2, lora_alpha=6, alpha_pattern={"mlp.1": 3},
+                       use_dora=True),
+    # Output scaling scales the bias too; a feed-forward module's input scaling leaves it.
+    "ia3": IA3Config(target_modules=["k_proj", "mlp.0", "mlp.1"], feedforward_modules=["mlp.1"]),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(MERGEABLE))
+def test_merge_folds_rslora_dora_and_ia3(lora_files, capsys, variant):
+    folder = lora_files[0]
+    trained = get_delta_model(_tiny(), MERGEABLE[variant])
+    rng = np.random.default_rng(4)
+    for param in trained.trainable_params():
+        # Scales (DoRA's magnitudes, IA3's vectors) moved around their start, low-rank factors from zero.
+        around = "magnitude" in param.name or "ia3" in param.name
+        noise = rng.normal(0, 0.3, param.shape).astype(np.float32)
+        param.set_data(ms.Tensor(param.asnumpy() * (1 + noise) if around else noise))
+    adapter = save_delta(trained, str(folder / variant))
+    out_path = str(folder / f"{variant}.ckpt")
+    status, out, _ = _run(["merge", "--base", str(folder / "base.ckpt"), "--delta", adapter, "--out", out_path],
+                          capsys)
+    assert status == EXIT_OK
+    plain = TinyNet()
+    ms.load_param_into_net(plain, ms.load_checkpoint(out_path), strict_load=True)
+    merged_params = {param.name: param.asnumpy() for param in plain.get_parameters()}
+    base_params = {param.name: param.asnumpy() for param in _tiny().get_parameters()}
+    changed = sorted(name for name in base_params if not np.array_equal(merged_params[name], base_params[name]))
+    expected = {"rslora": ["layers.{}.attn.q_proj.weight", "layers.{}.mlp.1.weight"],
+                "dora": ["layers.{}.attn.q_proj.weight", "layers.{}.mlp.1.weight"],
+                "ia3": ["layers.{}.attn.k_proj.bias", "layers.{}.attn.k_proj.weight", "layers.{}.mlp.0.bias",
+                        "layers.{}.mlp.0.weight", "layers.{}.mlp.1.weight"]}[variant]
+    assert changed == sorted(name.format(i) for i in range(2) for name in expected)
+    np.testing.assert_allclose(plain(_x()).asnumpy(), trained(_x()).asnumpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(_tiny()(_x()).asnumpy() - trained(_x()).asnumpy()).max() > 1e-2
+    name, change = max(((name, np.abs(merged_params[name] - base_params[name]).max()) for name in changed),
+                       key=lambda item: item[1])
+    assert f"largest weight change: {change:.6g} in '{name}'" in out
+
+
 def test_merge_failures(lora_files, capsys, tmp_path):
     folder, adapter, _ = lora_files
     base = str(folder / "base.ckpt")
@@ -120,7 +162,7 @@ def test_merge_failures(lora_files, capsys, tmp_path):
     adapter_net = get_delta_model(_tiny(), AdapterConfig(target_modules=["v_proj"], bottleneck_size=4))
     other = save_delta(adapter_net, str(tmp_path / "bottleneck"))
     status, _, err = _run(["merge", "--base", base, "--delta", other, "--out", str(folder / "m.ckpt")], capsys)
-    assert status == EXIT_FAILURE and "does not fold" in err
+    assert status == EXIT_FAILURE and "does not fold" in err and "only ['lora', 'ia3'] do" in err
     status, _, err = _run(["merge", "--delta", adapter], capsys)
     assert status == EXIT_USAGE and "--base" in err
 
@@ -150,6 +192,9 @@ def test_convert_failures(lora_files, capsys):
     assert status == EXIT_USAGE and "already exists" in err
     status, _, err = _run(["convert", source, str(folder / "a"), "--method", "adapter"], capsys)
     assert status == EXIT_FAILURE and "holds no adapter parameter" in err
+    status, _, err = _run(["convert", source, str(folder / "a"), "--method", "prompt_tuning"], capsys)
+    assert status == EXIT_USAGE and "prompt_tuning's cell is written in the model source" in err and \
+        "mindpet.save_delta" in err
     # A wrong rank on the command line is caught when the directory is loaded: shapes are checked.
     status, _, _ = _run(["convert", source, str(folder / "wrong"), "--method", "lora", "--lora_rank", "3",
                          "--lora_alpha", "6"], capsys)
@@ -157,6 +202,28 @@ def test_convert_failures(lora_files, capsys):
     with pytest.raises(ValueError, match=r"has shape \(2, 16\).*needs \(3, 16\)"):
         load_delta(_tiny(), str(folder / "wrong"))
     assert not os.path.exists(folder / "a")
+
+
+def test_convert_an_ia3_checkpoint_with_feedforward_modules(lora_files, capsys):
+    folder = lora_files[0]
+    trained = get_delta_model(_tiny(), MERGEABLE["ia3"])
+    _randomize(trained)
+    source = str(folder / "ia3.ckpt")
+    ms.save_checkpoint(trained.trainable_params(), source)
+    # The checkpoint's modules become exact target paths, so a list entry of feedforward_modules must be one of
+    # them (IA3Config: a subset of target_modules); a regular expression names them by pattern.
+    status, _, err = _run(["convert", source, str(folder / "ia3"), "--method", "ia3", "--feedforward_modules",
+                           '["mlp.1"]'], capsys)
+    assert status == EXIT_USAGE and "'feedforward_modules' must be a subset of target_modules" in err
+    status, out, _ = _run(["convert", source, str(folder / "ia3"), "--method", "ia3", "--feedforward_modules",
+                           r".*\.mlp\.1"], capsys)
+    assert status == EXIT_OK and "wrote 6 tensors of ia3 (6 modules)" in out
+    tensors, _ = read_safetensors(os.path.join(str(folder / "ia3"), WEIGHTS_FILE))
+    assert tensors["base_model.model.layers.0.mlp.1.ia3_l"].shape == (1, 32)
+    assert tensors["base_model.model.layers.0.mlp.0.ia3_l"].shape == (32, 1)
+    fresh = _tiny()
+    load_delta(fresh, str(folder / "ia3"))
+    np.testing.assert_allclose(fresh(_x()).asnumpy(), trained(_x()).asnumpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_python_dash_m_mindpet(lora_files):

@@ -27,6 +27,7 @@ from mindpet.delta.base.mergeable import merged_cells
 from mindpet.injection.inject import CONFIGS_ATTR, get_delta_model
 from mindpet.injection.targeting import entry_matches
 from mindpet.injection.tree import replace_cells
+from mindpet.quantization.layer import base_quantization
 from mindpet.registry import METHODS, get_method, method_of_cell
 from mindpet.utils.logger import logger
 from mindpet.utils.naming import DELTA_PREFIX
@@ -98,13 +99,18 @@ def path_mapper(key_map, owner):
 
 
 def base_fingerprint(cell):
-    """What the delta assumes of the base weight of ``cell``: ``{'shape': [out, in]}``, or what the cell's own
-    ``base_fingerprint()`` says (a quantized base adds its quantization). None for a cell without a ``weight``."""
+    """What the delta assumes of the base weight of ``cell``: ``{'shape': [out, in]}``, with
+    ``'quantization'`` (:func:`~mindpet.quantization.base_quantization`: ``quant_type``, ``block_size``,
+    ``double_quant``, ...) when the base is quantized, or what the cell's own ``base_fingerprint()`` says. None for a
+    cell without a ``weight``."""
     describe = getattr(cell, "base_fingerprint", None)
     if callable(describe):
         return describe()
     weight = getattr(cell, "weight", None)
-    return None if weight is None else {"shape": list(weight.shape)}
+    if weight is None:
+        return None
+    quantization = base_quantization(cell)
+    return {"shape": list(weight.shape), **({"quantization": quantization} if quantization else {})}
 
 
 def _split_param(param):
@@ -191,24 +197,35 @@ def delta_file_contents(network, key_map, owner):
     """
     delta = find_delta(network, owner)
     fmt = delta.method.adapter_format
+    if fmt.pathless and len(delta.cells) > 1:
+        raise ValueError(f"For '{owner}', the network holds {len(delta.cells)} {delta.method.name} cells "
+                         f"({quote_names(sorted(delta.cells))}); its adapter file, as PEFT's, holds the tensors of "
+                         f"one.")
     map_out = path_mapper(key_map, owner)
     tensors, bfloat16_keys, sources = {}, set(), {}
     for tensor, is_delta in [(t, True) for t in delta.tensors] + [(t, False) for t in delta.saved]:
-        local = fmt.file_name(tensor.local) if is_delta else tensor.local
-        key = fmt.key_prefix + join_path(map_out(tensor.module), local)
+        key = fmt.file_key(map_out(tensor.module), tensor.local, is_delta)
         if key in tensors:
             raise ValueError(f"For '{owner}', the parameters {sources[key]!r} and {tensor.param.name!r} both map to "
                              f"the file key {key!r}; check the argument 'key_map'.")
         values, is_bfloat16 = _numpy_of(tensor.param)
-        tensors[key] = values.reshape(fmt.file_shape(tensor.local, values.shape)) if is_delta else values
+        if is_delta:
+            cell = delta.cells[tensor.module]
+            settings = fmt.cell_settings(cell) if fmt.cell_settings and cell is not None else {}
+            values = values.reshape(fmt.file_shape(tensor.local, values.shape, settings))
+        tensors[key] = values
         sources[key] = tensor.param.name
         if is_bfloat16:
             bfloat16_keys.add(key)
+    for module, cell in delta.cells.items():
+        for derived in fmt.derived_tensors:
+            tensors[fmt.file_key(map_out(module), derived.file)] = derived.compute(cell)
     file_cells = {map_out(path): cell for path, cell in delta.cells.items()}
     fields = {"peft_type": fmt.peft_type}
     if fmt.to_json is not None:
         fields.update(fmt.to_json(delta.config, file_cells))
-    fields["target_modules"] = sorted(file_cells)
+    if not fmt.pathless:
+        fields["target_modules"] = sorted(file_cells)
     fields["modules_to_save"] = sorted({map_out(tensor.module) for tensor in delta.saved}) or None
     fingerprint = {join_path(path, "weight"): base_fingerprint(cell) for path, cell in sorted(file_cells.items())
                    if base_fingerprint(cell) is not None}
@@ -275,12 +292,14 @@ def save_delta(network, directory, key_map=None):
 
     The directory gets ``adapter_config.json`` (the method's config: ``peft_type``, its hyperparameters, the adapted
     module paths as ``target_modules``, and ``modules_to_save``) and ``adapter_model.safetensors`` (the delta
-    tensors and the other trained parameters, never optimizer state). LoRA is written in Hugging Face PEFT's layout,
-    so ``PeftModel.from_pretrained`` reads it; other methods use a ``peft_type`` of their own (see
-    ``docs/adapter_files.md``). mindpet's version, MindSpore's, the format version and the base fingerprint (the
-    shape of each adapted weight) go into the safetensors metadata. The directory appears complete or not at all: the
-    files are written into a staging folder that is renamed onto `directory`. An existing adapter directory there is
-    replaced; a folder holding other files is refused.
+    tensors and the other trained parameters, never optimizer state). LoRA (with rsLoRA and DoRA), IA3, prompt tuning
+    and P-tuning v1 are written in Hugging Face PEFT's layout, so ``PeftModel.from_pretrained`` reads them (a prompt
+    method's file holds PEFT's single ``prompt_embeddings``, without ``target_modules``); other methods use a
+    ``peft_type`` of their own (see ``docs/adapter_files.md``). mindpet's version, MindSpore's, the format version and
+    the base fingerprint (the shape of each adapted weight, and how it is quantized on an NF4 base) go into the
+    safetensors metadata. The directory appears complete or not at all: the files are written into a staging folder
+    that is renamed onto `directory`. An existing adapter directory there is replaced; a folder holding other files
+    is refused.
 
     Args:
         network (mindspore.nn.Cell): the network with its delta: cells injected by
@@ -296,8 +315,8 @@ def save_delta(network, directory, key_map=None):
 
     Raises:
         TypeError: `network` is not a Cell, `directory` not a str, `key_map` not a dict of str or a callable.
-        ValueError: the network holds no delta, or deltas of several methods; `key_map` maps two parameters to one
-            key; `directory` names a file or a folder holding other files.
+        ValueError: the network holds no delta, deltas of several methods, or several cells of a prompt method;
+            `key_map` maps two parameters to one key; `directory` names a file or a folder holding other files.
 
     Examples:
         >>> import os, tempfile
@@ -390,13 +409,15 @@ def check_fields(fields, method, source, owner):
 
 class _Entry(NamedTuple):
     """A tensor of the file placed in the network: its file key, parameter name, module path in the file and in the
-    network, its name in the cell, and whether it is part of the delta (not a saved module)."""
+    network, its name in the cell, whether it is part of the delta (not a saved module), and whether it is a
+    :class:`~mindpet.delta.base.file_format.DerivedTensor` (written for other readers, never loaded)."""
     key: str
     name: str
     file_module: str
     module: str
     local: str
     is_delta: bool
+    derived: bool = False
 
 
 def _split_key(rest, method, saved_modules=None):
@@ -417,19 +438,38 @@ def _split_key(rest, method, saved_modules=None):
     return module, local, is_delta
 
 
-def place_entries(files, method, map_in):
-    """Every tensor key of ``files`` placed in the network's naming (``map_in`` maps file module paths)."""
+def _pathless_entry(key, fmt, cell_path, cell):
+    """The :class:`_Entry` of the key ``key`` of a path-less format if it names a delta tensor of ``cell`` (at
+    ``cell_path`` in the network), else None."""
+    derived = fmt.derived_tensor(key) is not None
+    local = fmt.local_name(key)
+    if not (derived or local != key or local.startswith(DELTA_PREFIX)):
+        return None
+    names = {name: param.name for name, param in cell.parameters_and_names()} if cell is not None else {}
+    return _Entry(key, names.get(local, join_path(cell_path, local)), "", cell_path, local, True, derived)
+
+
+def place_entries(files, method, map_in, pathless_cell=(None, None)):
+    """Every tensor key of ``files`` placed in the network's naming (``map_in`` maps file module paths). The delta
+    tensors of a path-less format go to ``pathless_cell``, ``(path, cell)`` of the network's one cell of the method.
+    """
     fmt = method.adapter_format
     saved_modules = set(files.fields.get("modules_to_save") or ())
     entries = []
     for key in files.tensors:
+        if fmt.pathless:
+            entry = _pathless_entry(key, fmt, *pathless_cell)
+            if entry is not None:
+                entries.append(entry)
+                continue
         if not key.startswith(fmt.key_prefix):
             entries.append(_Entry(key, key, "", "", key, False))
             continue
         file_module, file_local, is_delta = _split_key(key[len(fmt.key_prefix):], method, saved_modules)
         module = map_in(file_module)
         local = fmt.local_name(file_local) if is_delta else file_local
-        entries.append(_Entry(key, join_path(module, local), file_module, module, local, is_delta))
+        derived = is_delta and fmt.derived_tensor(file_local) is not None
+        entries.append(_Entry(key, join_path(module, local), file_module, module, local, is_delta, derived))
     return entries
 
 
@@ -474,16 +514,45 @@ def remap_adapter(files, method, mapper, owner):
 def check_fingerprint(files, cells_by_path, map_in, owner):
     """Refuse a base whose adapted weights differ from those the delta was made on, naming the first that does."""
     recorded = json.loads(files.metadata.get(META_FINGERPRINT, "{}") or "{}")
+    requantized = []
     for weight_path in sorted(recorded):
         module, _, _ = weight_path.rpartition(".")
         cell_path = map_in(module)
         found = base_fingerprint(cells_by_path[cell_path]) if cell_path in cells_by_path else None
-        if found != recorded[weight_path]:
+        if _only_quantization_differs(found, recorded[weight_path]):
+            requantized.append((cell_path, recorded[weight_path].get("quantization"), found.get("quantization")))
+        elif found != recorded[weight_path]:
             what = "no such layer (is 'key_map' right?)" if cell_path not in cells_by_path else found
             raise ValueError(f"For '{owner}', the base network does not match the one the delta in "
                              f"{quote_value(files.directory)} was made on: the first differing weight is "
                              f"{quote_value(join_path(cell_path, 'weight'))} (file: {quote_value(weight_path)}), "
                              f"recorded as {recorded[weight_path]}, found {what}.")
+    if requantized:
+        path, was, now = requantized[0]
+        logger.warning("%s: the delta in %s was made on a base stored otherwise than this one at %d layer(s), e.g. "
+                       "%s: made on %s, loaded onto %s. The shapes agree, so it loads (as PEFT loads a QLoRA adapter "
+                       "onto a 16-bit base); outputs differ from training's by the quantization error.", owner,
+                       quote_value(files.directory), len(requantized), quote_value(join_path(path, "weight")),
+                       _describe_storage(was), _describe_storage(now))
+
+
+def _only_quantization_differs(found, recorded):
+    """Whether two fingerprints agree on everything but the base's quantization (which is set in one of them, or
+    differs)."""
+    if not isinstance(found, dict) or not isinstance(recorded, dict) or found == recorded:
+        return False
+    return _without_quantization(found) == _without_quantization(recorded)
+
+
+def _without_quantization(fingerprint):
+    return {key: value for key, value in fingerprint.items() if key != "quantization"}
+
+
+def _describe_storage(quantization):
+    if not quantization:
+        return "an unquantized weight"
+    return (f"{quantization.get('quant_type')} (block_size={quantization.get('block_size')}, "
+            f"double_quant={quantization.get('double_quant')})")
 
 
 class _InjectionUndo:
@@ -600,7 +669,11 @@ def _assign(network, files, method, entries, strict, owner):
         if entry.name not in params:
             continue
         param, values = params[entry.name], files.tensors[entry.key]
-        wanted = fmt.file_shape(entry.local, param.shape) if entry.is_delta else tuple(param.shape)
+        if entry.is_delta:
+            settings = fmt.target_settings(files.fields, entry.file_module) if fmt.target_settings else {}
+            wanted = fmt.file_shape(entry.local, param.shape, settings)
+        else:
+            wanted = tuple(param.shape)
         if tuple(values.shape) != wanted:
             raise ValueError(f"For '{owner}', the tensor {quote_value(entry.key)} has shape {tuple(values.shape)} in "
                              f"{quote_value(files.directory)}, but the parameter {quote_value(entry.name)} needs "
@@ -614,18 +687,53 @@ def _assign(network, files, method, entries, strict, owner):
     return DeltaLoadResult(missing=missing, unexpected=unexpected)
 
 
+def _pathless_cell(network, method, directory, owner):
+    """``(path, cell)`` of the one cell of ``method`` in ``network``, which a path-less file loads into.
+
+    Raises:
+        ValueError: the network holds none of them, or several.
+    """
+    held = [(path, cell) for path, cell in network.cells_and_names() if method_of_cell(cell) is method]
+    if len(held) != 1:
+        kinds = " or ".join(cell_type.__name__ for cell_type in method.cell_types)
+        found = f"{len(held)} ({quote_names([path for path, _ in held])})" if held else "none"
+        raise ValueError(f"For '{owner}', the {method.name} delta in {quote_value(directory)} loads into the one "
+                         f"{kinds} of the network, which holds {found}. {method.name} is applied in the model source: "
+                         f"build the network with exactly one such cell (the example BERT: set_virtual_tokens), then "
+                         f"load.")
+    return held[0]
+
+
+def _without_derived(entries, method, directory, owner):
+    """The entries to load: derived tensors are dropped, after checking that the file holds more than them.
+
+    Raises:
+        ValueError: the delta tensors of the file are all derived (a PEFT P-tuning file: the encoder's output only),
+            so no parameter of the cells could be set.
+    """
+    derived = [entry for entry in entries if entry.derived]
+    if derived and not any(entry.is_delta and not entry.derived for entry in entries):
+        reason = method.adapter_format.derived_tensor(derived[0].local).alone
+        raise ValueError(f"For '{owner}', {quote_value(directory)} holds only {quote_names([e.key for e in derived])} "
+                         f"of the {method.name} delta: {reason}")
+    return [entry for entry in entries if not entry.derived]
+
+
 def load_delta(network, directory, strict=True, key_map=None):
     """Load an adapter directory (written by :func:`save_delta` or by Hugging Face PEFT) into ``network``.
 
     A network with no cells of the directory's method gets them first, injected by
     :func:`~mindpet.get_delta_model` from the file's config at exactly the layers the file adapts (with the file's
     rank and alpha per layer); afterwards only the delta and the saved modules train. A network that already holds
-    the cells is loaded directly, after their settings (LoRA's rank and alpha) are checked against the file's: a
-    wrong ``lora_alpha`` is refused, never loaded silently. The base fingerprint saved by mindpet (the shape of each
-    adapted weight) is checked first. Everything is checked before anything is set: when this raises, the network is
-    as it was (an injection is undone). Fields of a PEFT config that mindpet does not know are reported in one warning
-    and ignored; a setting that would change what the tensors mean (``fan_in_fan_out``, ``lora_bias``, ...) is
-    refused.
+    the cells is loaded directly, after their settings (LoRA's rank, alpha and variants, IA3's ``feedforward``, a
+    prompt's length and width) are checked against the file's: a wrong ``lora_alpha`` is refused, never loaded
+    silently. A prompt method's file loads into the network's one cell of that method, wherever it is. The base
+    fingerprint saved by mindpet (the shape of each adapted weight) is checked first; a base quantized otherwise than
+    the one the delta was made on (NF4 against float, or another block size), with the same shapes, is loaded with a
+    warning naming the weight, as PEFT loads QLoRA adapters on 16-bit bases. Everything is checked before anything
+    is set: when this raises, the network is as it was (an injection is undone). Fields of a PEFT config that mindpet
+    does not know are reported in one warning and ignored; a setting that would change what the tensors mean
+    (``fan_in_fan_out``, ``lora_bias``, ...) is refused.
 
     Args:
         network (mindspore.nn.Cell): the base network, or one holding the method's cells; not merged.
@@ -648,8 +756,9 @@ def load_delta(network, directory, strict=True, key_map=None):
         ValueError: a file is malformed or holds no tensor; the ``peft_type`` is not one mindpet loads; the config sets
             something mindpet would misread; the fingerprint differs (the message names the first differing weight);
             the file adapts layers the network lacks; held cells' settings differ from the file's; a method applied
-            in the model source has no cells to load into; a shape differs; a cell is merged; or, with `strict`,
-            parameters are missing or unexpected.
+            in the model source has no cells to load into (a prompt method: not exactly one); the file holds only a
+            tensor derived from the cell (PEFT's P-tuning ``prompt_embeddings``); a shape differs; a cell is merged;
+            or, with `strict`, parameters are missing or unexpected.
 
     Examples:
         >>> import os, tempfile
@@ -685,7 +794,11 @@ def load_delta(network, directory, strict=True, key_map=None):
         raise ValueError(f"For '{owner}', the cells {quote_names(merged)} are merged; call unmerge() on them before "
                          f"loading a delta, or the old update stays folded into their weights.")
     check_fingerprint(files, dict(network.cells_and_names()), map_in, owner)
-    entries = place_entries(files, method, map_in)
+    pathless_cell = (None, None)
+    if method.adapter_format.pathless:
+        pathless_cell = _pathless_cell(network, method, directory, owner)
+    entries = place_entries(files, method, map_in, pathless_cell)
+    entries = _without_derived(entries, method, directory, owner)
     undo = _prepare_cells(network, files, method, entries, owner)
     try:
         return _assign(network, files, method, entries, strict, owner)

@@ -4,8 +4,9 @@
 :func:`mindpet.save_delta` and :func:`mindpet.load_delta` do the file work for every method; a record only says what
 differs per method: its ``peft_type``, its JSON fields, its tensor names, and which hyperparameters of a cell must
 agree with the file. Methods that Hugging Face PEFT also has use PEFT's names (LoRA's entry in
-:mod:`mindpet.delta.lora`); the others write their mindpet config under a ``peft_type`` of their own, which PEFT
-refuses. :func:`native_format` builds such a record in one line.
+:mod:`mindpet.delta.lora`, IA3's in :mod:`mindpet.delta.ia3`, the prompt methods' in
+:mod:`mindpet.delta.base.prompt_format`); the others write their mindpet config under a ``peft_type`` of their own,
+which PEFT refuses. :func:`native_format` builds such a record in one line.
 """
 import dataclasses
 from typing import Callable, Mapping, NamedTuple, Optional
@@ -23,12 +24,29 @@ class TensorName(NamedTuple):
     Args:
         local (str): its name inside the cell, e.g. ``'mindpet_delta_lora_a'``.
         file (str): its name after the module path in the file, e.g. ``'lora_A.weight'``.
-        file_shape (Callable, optional): ``file_shape(shape) -> tuple``, the file's shape of a parameter of
-            ``shape`` when the two differ (PEFT stores IA3's ``(out,)`` vector as ``(out, 1)``). Default: the same.
+        file_shape (Callable, optional): ``file_shape(shape, settings) -> tuple``, the file's shape of a parameter of
+            ``shape`` when the two differ; ``settings`` are the module's hyperparameters (what the format's
+            ``target_settings`` gives for it). PEFT stores IA3's vector ``(out,)`` as ``(out, 1)``, but a
+            feed-forward module's ``(in,)`` as ``(1, in)``. Default: the same shape.
     """
     local: str
     file: str
     file_shape: Optional[Callable] = None
+
+
+class DerivedTensor(NamedTuple):
+    """A tensor the file holds that is computed from the cell instead of being one of its parameters, written for
+    other readers and not loaded back: PEFT's P-tuning ``prompt_embeddings``, the output of the prompt encoder.
+
+    Args:
+        file (str): its name in the file (after the module path, or alone in a path-less format).
+        compute (Callable): ``compute(cell) -> numpy.ndarray``, its value.
+        alone (str): why a file holding this tensor but none of the cell's parameters cannot be loaded, and what to
+            do instead; ``load_delta`` raises ValueError with it rather than load nothing.
+    """
+    file: str
+    compute: Callable
+    alone: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +60,12 @@ class AdapterFormat:
     Args:
         peft_type (str): the ``peft_type`` written to and recognised in ``adapter_config.json``.
         key_prefix (str): what precedes the module path in every tensor key. Default: ``''``.
+        pathless (bool): the delta lives in ONE cell of the network, found by its type, and its tensors are keyed by
+            their names in that cell alone, with neither ``key_prefix`` nor module path (PEFT's prompt-learning files:
+            a single ``prompt_embeddings``); ``key_prefix`` then precedes only the saved modules' keys, and
+            ``target_modules`` is not written. Default: ``False``.
+        derived_tensors (tuple[DerivedTensor]): tensors computed from each cell and written beside its parameters.
+            Default: ``()``.
         tensor_names (tuple[TensorName]): parameters whose file names differ from their names in the cell; any
             other parameter keeps its name. Default: ``()``.
         to_json (Callable, optional): ``to_json(config, cells) -> dict``, the method's hyperparameters as JSON
@@ -60,15 +84,18 @@ class AdapterFormat:
             fields, is reported once in a warning.
         required_values (Mapping[str, object]): JSON fields that mindpet cannot honour unless they hold this value
             (e.g. PEFT's ``fan_in_fan_out``: ``False``); another value is refused rather than misread.
-        fold (Callable, optional): ``fold(weight, tensors, settings) -> weight``, the base ``weight`` (float32
-            NumPy, ``(out, in)``) with the delta of one module folded in; ``tensors`` are its delta tensors by cell
-            name, ``settings`` what `target_settings` gave. ``mindpet merge`` uses it; None: not mergeable from files.
+        fold (Callable, optional): ``fold(weight, bias, tensors, settings) -> (weight, bias)``, the base ``weight``
+            (float32 NumPy, ``(out, in)``) and ``bias`` (float32 ``(out,)``, None when the base has none) of one module
+            with its delta folded in; ``tensors`` are its delta tensors by cell name in the file's shapes,
+            ``settings`` what `target_settings` gave. ``mindpet merge`` uses it; None: not mergeable from files.
         pattern_fields (tuple[str]): JSON fields that map a module path (or a regular expression) to a value, such
             as LoRA's ``rank_pattern``; ``mindpet convert --key-map`` maps their exact-path keys with the tensors'.
     """
 
     peft_type: str
     key_prefix: str = ""
+    pathless: bool = False
+    derived_tensors: tuple = ()
     tensor_names: tuple = ()
     to_json: Optional[Callable] = None
     from_json: Optional[Callable] = None
@@ -92,10 +119,22 @@ class AdapterFormat:
         """The cell's name of the file's parameter name ``file_name``."""
         return next((entry.local for entry in self.tensor_names if entry.file == file_name), file_name)
 
-    def file_shape(self, local, shape):
-        """The shape the file stores the cell parameter ``local`` of ``shape`` in."""
+    def file_shape(self, local, shape, settings):
+        """The shape the file stores the cell parameter ``local`` of ``shape`` in, for a module of ``settings``."""
         entry = next((entry for entry in self.tensor_names if entry.local == local), None)
-        return tuple(entry.file_shape(tuple(shape))) if entry and entry.file_shape else tuple(shape)
+        return tuple(entry.file_shape(tuple(shape), settings)) if entry and entry.file_shape else tuple(shape)
+
+    def file_key(self, module, local, is_delta=True):
+        """The file key of the parameter ``local`` of the module at ``module`` (a path in the file's naming): the
+        delta's under its file name, a saved module's under its own."""
+        name = self.file_name(local) if is_delta else local
+        if is_delta and self.pathless:
+            return name
+        return self.key_prefix + (f"{module}.{name}" if module else name)
+
+    def derived_tensor(self, file_name):
+        """The :class:`DerivedTensor` written as ``file_name``, or None."""
+        return next((entry for entry in self.derived_tensors if entry.file == file_name), None)
 
 
 _TARGETING_FIELDS = ("method", "target_modules", "exclude_modules", "modules_to_save")

@@ -2,6 +2,7 @@
 from mindpet.delta.base.method import DeltaMethod
 from mindpet.delta.ia3.config import IA3Config
 from mindpet.delta.ia3.layer import IA3Dense
+from mindpet.delta.ia3.peft_format import IA3_FORMAT
 from mindpet.injection.hosts import adopt_base_parameters, dense_arguments
 from mindpet.injection.targeting import TargetSpec
 from mindpet.parallel.derive import dense_strategies
@@ -35,6 +36,6 @@ def _host_strategies(host, cell):
 
 
 METHOD = DeltaMethod(name="ia3", cell_types=(IA3Dense,), config_class=IA3Config, build=_build,
-                     added_params=_added_params, host_strategies=_host_strategies)
+                     added_params=_added_params, host_strategies=_host_strategies, adapter_format=IA3_FORMAT)
 
 __all__ = ["IA3Config", "IA3Dense", "METHOD"]

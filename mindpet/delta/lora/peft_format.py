@@ -7,13 +7,13 @@ PEFT (0.21.2 checked) writes ``peft_type: "LORA"``, ``r``, ``lora_alpha``, ``lor
 mindpet's ``mindpet_delta_lora_a``, ``mindpet_delta_lora_b`` and ``mindpet_delta_lora_magnitude``.
 """
 import dataclasses
-import math
 import re
 
 import numpy as np
 
 from mindpet.delta.base.file_format import PEFT_KEY_PREFIX, AdapterFormat, TensorName
 from mindpet.delta.lora.config import LoraConfig
+from mindpet.delta.lora.layer import LORA_A, LORA_B, LORA_MAGNITUDE, dora_row_norms, lora_scaling
 from mindpet.injection.targeting import pattern_value
 
 # The LoRA variants of PEFT's JSON; each is read only when LoraConfig has a field of that name, and refused when set
@@ -74,13 +74,17 @@ def _to_json(config, cells):
     return fields
 
 
-def _fold(weight, tensors, settings):
-    """``W + (lora_alpha / r) B A`` (``lora_alpha / sqrt(r)`` with rsLoRA) in float32; ``tensors`` by cell name."""
-    rank = settings["lora_rank"]
-    scale = settings["lora_alpha"] / (math.sqrt(rank) if settings.get("use_rslora") else rank)
-    if settings.get("use_dora"):
-        raise ValueError("folding DoRA needs the magnitude rule, which this version of mindpet lacks")
-    return weight + np.float32(scale) * (tensors["mindpet_delta_lora_b"] @ tensors["mindpet_delta_lora_a"])
+def _fold(weight, bias, tensors, settings):
+    """``V = W + s B A`` with ``s = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA), in float32; with DoRA
+    ``m / ||V||_row * V``, as :meth:`LoRADense.merge` folds it (PEFT's DoRA merge too). The bias is unchanged.
+    ``tensors`` by cell name."""
+    scale = lora_scaling(settings["lora_alpha"], settings["lora_rank"], settings.get("use_rslora", False))
+    adapted = weight + np.float32(scale) * (tensors[LORA_B] @ tensors[LORA_A])
+    if not settings.get("use_dora"):
+        return adapted, bias
+    magnitude = tensors[LORA_MAGNITUDE].reshape(-1).astype(np.float64)
+    factor = (magnitude / dora_row_norms(adapted)).astype(np.float32)
+    return factor[:, None] * adapted, bias
 
 
 def _target_settings(fields, file_path):
@@ -107,9 +111,8 @@ def _from_json(fields, targets, modules_to_save):
 
 LORA_FORMAT = AdapterFormat(
     peft_type="LORA", key_prefix=PEFT_KEY_PREFIX,
-    tensor_names=(TensorName("mindpet_delta_lora_a", "lora_A.weight"),
-                  TensorName("mindpet_delta_lora_b", "lora_B.weight"),
-                  TensorName("mindpet_delta_lora_magnitude", "lora_magnitude_vector")),
+    tensor_names=(TensorName(LORA_A, "lora_A.weight"), TensorName(LORA_B, "lora_B.weight"),
+                  TensorName(LORA_MAGNITUDE, "lora_magnitude_vector")),
     to_json=_to_json, from_json=_from_json, target_settings=_target_settings, cell_settings=_cell_settings,
     json_keys=_JSON_KEYS, required_values=_REQUIRED_VALUES, fold=_fold,
     pattern_fields=("rank_pattern", "alpha_pattern"))
