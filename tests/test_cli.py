@@ -210,17 +210,18 @@ def test_convert_an_ia3_checkpoint_with_feedforward_modules(lora_files, capsys):
     _randomize(trained)
     source = str(folder / "ia3.ckpt")
     ms.save_checkpoint(trained.trainable_params(), source)
-    # The checkpoint's modules become exact target paths, so a list entry of feedforward_modules must be one of
-    # them (IA3Config: a subset of target_modules); a regular expression names them by pattern.
-    status, _, err = _run(["convert", source, str(folder / "ia3"), "--method", "ia3", "--feedforward_modules",
-                           '["mlp.1"]'], capsys)
-    assert status == EXIT_USAGE and "'feedforward_modules' must be a subset of target_modules" in err
-    status, out, _ = _run(["convert", source, str(folder / "ia3"), "--method", "ia3", "--feedforward_modules",
-                           r".*\.mlp\.1"], capsys)
-    assert status == EXIT_OK and "wrote 6 tensors of ia3 (6 modules)" in out
+    # The checkpoint's modules become exact target paths; a feed-forward entry may name them by suffix (as PEFT's
+    # short names do) or by a regular expression, and both give the same file.
+    for name, feedforward in (("ia3_suffix", '["mlp.1"]'), ("ia3", r".*\.mlp\.1")):
+        status, out, _ = _run(["convert", source, str(folder / name), "--method", "ia3", "--feedforward_modules",
+                               feedforward], capsys)
+        assert status == EXIT_OK and "wrote 6 tensors of ia3 (6 modules)" in out
+    suffix_tensors, _ = read_safetensors(os.path.join(str(folder / "ia3_suffix"), WEIGHTS_FILE))
     tensors, _ = read_safetensors(os.path.join(str(folder / "ia3"), WEIGHTS_FILE))
     assert tensors["base_model.model.layers.0.mlp.1.ia3_l"].shape == (1, 32)
     assert tensors["base_model.model.layers.0.mlp.0.ia3_l"].shape == (32, 1)
+    assert {key: value.shape for key, value in suffix_tensors.items()} == \
+        {key: value.shape for key, value in tensors.items()}
     fresh = _tiny()
     load_delta(fresh, str(folder / "ia3"))
     np.testing.assert_allclose(fresh(_x()).asnumpy(), trained(_x()).asnumpy(), rtol=1e-5, atol=1e-5)
