@@ -37,7 +37,7 @@ from bert.methods import apply_method  # noqa: E402
 from bert.modeling import BertClassifier  # noqa: E402
 from bert.weights import load_pretrained  # noqa: E402
 from e5.data import read_reviews  # noqa: E402
-from e5.e5_format import read_e5_file  # noqa: E402
+from e5.e5_format import DTYPE_Q4_0, read_e5_file  # noqa: E402
 from e5.tokenizer import E5Tokenizer  # noqa: E402
 from e5.weights import bert_config, model_path, read_e5_weights  # noqa: E402
 from mindpet import load_delta_checkpoint, trainable_summary  # noqa: E402
@@ -48,6 +48,7 @@ METHODS = ("frozen_head", "lora")
 DEFAULT_LRS = {"frozen_head": 3e-3, "lora": 1e-3}
 ENCODER_PREFIX = "bert.encoder."
 EMBEDDING_PREFIX = "bert.embeddings."
+WORD_EMBEDDING = "emb.word"
 # The parameters of an encoder layer that are not its projection matrices.
 _NOT_MATRIX = ("bias", "layer_norm")
 
@@ -79,7 +80,7 @@ def base_bytes(net):
 def file_matrix_bytes(e5_file):
     """Bytes the file's Q4_0 encoder matrices take (every quantized tensor but the word embedding)."""
     return sum(entry.num_bytes for name, entry in e5_file.tensors.items()
-               if name.startswith("l") and entry.dtype != 0)
+               if entry.dtype == DTYPE_Q4_0 and name != WORD_EMBEDDING)
 
 
 def parse_args(argv=None):
