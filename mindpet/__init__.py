@@ -25,10 +25,11 @@ from mindpet.injection.merge import merge_and_unload
 from mindpet.injection.plan import DeltaPlan, plan_delta
 from mindpet.injection.summary import TrainableSummary, trainable_summary
 from mindpet.parallel.check import check_shard_strategies
+from mindpet.quantization import quantize_base
 from mindpet.registry import config_from_dict
 
 __all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "LoraConfig",
            "LowRankAdapterConfig", "TrainableParamsCheckPoint", "TrainableSummary", "TrainingGuard",
            "check_shard_strategies", "config_from_dict", "freeze_delta", "freeze_from_config", "freeze_modules",
            "get_delta_model", "load_base_checkpoint", "load_delta_checkpoint", "merge_and_unload",
-           "merge_sliced_delta_checkpoints", "plan_delta", "trainable_summary"]
+           "merge_sliced_delta_checkpoints", "plan_delta", "quantize_base", "trainable_summary"]

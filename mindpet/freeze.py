@@ -56,14 +56,29 @@ def _warn_unmatched_patterns(owner, params, include, exclude):
                            hint)
 
 
-def _apply_patterns(params, include, exclude):
-    """Freeze names matched by ``include`` only and unfreeze names matched by ``exclude`` only."""
+def _storage_ids(model):
+    """The ids of the parameters that are frozen storage (a quantized weight's codes and scales), never trained."""
+    return {id(param) for _, cell in model.cells_and_names() if getattr(cell, "is_frozen_storage", False)
+            for param in cell.get_parameters()}
+
+
+def _apply_patterns(model, params, include, exclude, owner):
+    """Freeze names matched by ``include`` only and unfreeze names matched by ``exclude`` only; frozen storage
+    stays frozen (logged when a pattern asked otherwise)."""
+    storage = _storage_ids(model)
+    kept = []
     for param in params:
         included = _matches_any(param.name, include)
         excluded = _matches_any(param.name, exclude)
         # A name matched by both lists is ambiguous, so, like a name matched by neither, it keeps its state.
         if included != excluded:
+            if excluded and id(param) in storage:
+                kept.append(param.name)
+                continue
             param.requires_grad = excluded
+    if kept:
+        logger.warning("For '%s', these parameters are quantized storage and stay frozen: %s.", owner,
+                       quote_names(kept))
 
 
 def _trainable_names(params):
@@ -119,7 +134,7 @@ def freeze_modules(model, include=None, exclude=None):
                          f"but both are None.")
     params = list(model.get_parameters())
     _warn_unmatched_patterns(owner, params, include, exclude)
-    _apply_patterns(params, include, exclude)
+    _apply_patterns(model, params, include, exclude, owner)
     _log_summary(owner, params)
     return _trainable_names(params)
 
@@ -174,7 +189,7 @@ def freeze_delta(model, mode, include=None, exclude=None):
     for param, is_selected in zip(params, selected):
         param.requires_grad = is_selected
     _warn_unmatched_patterns(owner, params, include, exclude)
-    _apply_patterns(params, include, exclude)
+    _apply_patterns(model, params, include, exclude, owner)
     _log_summary(f"{owner}(mode='{method.name}')", params)
     return _trainable_names(params)
 

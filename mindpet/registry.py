@@ -6,6 +6,7 @@ and ``bench/`` read these lists instead of keeping their own. A new method adds 
 """
 from mindpet.delta import adapter, bitfit, lora, low_rank_adapter, prefix, ptuning2
 from mindpet.injection.hosts import MINDFORMERS_LINEAR, NN_DENSE
+from mindpet.quantization.layer import NF4_DENSE
 from mindpet.utils.validation import argument_error, check_str
 
 METHODS = (
@@ -18,7 +19,7 @@ METHODS = (
 )
 
 # The base-cell hook: a layer of one of these kinds can host an injected method.
-HOST_KINDS = (NN_DENSE, MINDFORMERS_LINEAR)
+HOST_KINDS = (NN_DENSE, MINDFORMERS_LINEAR, NF4_DENSE)
 
 
 def method_names():

@@ -17,6 +17,7 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.injection.plan", "mindpet.injection.merge", "mindpet.injection.summary", "mindpet.checkpoint.atomic",
     "mindpet.checkpoint.callback", "mindpet.checkpoint.guard", "mindpet.checkpoint.loader",
     "mindpet.checkpoint.selection", "mindpet.checkpoint.sliced", "mindpet.utils.validation",
+    "mindpet.quantization.nf4", "mindpet.quantization.layer", "mindpet.quantization.apply",
 }
 
 

@@ -19,7 +19,8 @@ class HostView(NamedTuple):
     """What a method needs to know of the Dense-like layer it replaces.
 
     ``weight`` ``(out_channels, in_channels)`` and ``bias`` ``(out_channels,)`` (None without one) are the layer's
-    own Parameter objects, which the new cell adopts. ``activation`` is the layer's activation cell (None without
+    own Parameter objects, which the new cell adopts; on a quantized layer (:class:`~mindpet.quantization.NF4Dense`)
+    ``weight`` is its quantized weight cell, and ``param_dtype`` the float dtype that weight was quantized from. ``activation`` is the layer's activation cell (None without
     one); ``param_dtype`` and ``compute_dtype`` its storage and matmul dtypes; ``split`` the layout of its matmul,
     when a strategy was set, and ``bias_strategy`` that of its bias add.
     """
@@ -52,12 +53,17 @@ def _strategy(primitive):
     return None if primitive is None else primitive.attrs.get("in_strategy")
 
 
+def dense_view_strategies(matmul, bias_add):
+    """The ``split`` and ``bias_strategy`` of a :class:`HostView` from a layer's matmul and bias-add primitives
+    (``bias_add`` None without a bias)."""
+    return DenseSplit.from_matmul(_strategy(matmul)), _strategy(bias_add)
+
+
 def _view_dense(cell):
     activation = cell.activation if cell.activation_flag else None
     bias_add = getattr(cell, "bias_add", None) if cell.has_bias else None
     return HostView("nn.Dense", cell.in_channels, cell.out_channels, cell.weight, cell.bias if cell.has_bias else None,
-                    activation, cell.weight.dtype, cell.weight.dtype, DenseSplit.from_matmul(_strategy(cell.matmul)),
-                    _strategy(bias_add))
+                    activation, cell.weight.dtype, cell.weight.dtype, *dense_view_strategies(cell.matmul, bias_add))
 
 
 NN_DENSE = HostKind("nn.Dense", lambda cell: isinstance(cell, nn.Dense), _view_dense)
@@ -79,7 +85,7 @@ def _view_mindformers_linear(cell):
     bias_add = getattr(cell, "bias_add", None) if cell.has_bias else None
     return HostView("mindformers Linear", cell.in_channels, cell.out_channels, cell.weight,
                     cell.bias if cell.has_bias else None, activation, cell.weight.dtype, cell.dtype,
-                    DenseSplit.from_matmul(_strategy(cell.matmul)), _strategy(bias_add))
+                    *dense_view_strategies(cell.matmul, bias_add))
 
 
 MINDFORMERS_LINEAR = HostKind("mindformers Linear", _is_mindformers_linear, _view_mindformers_linear)
@@ -94,8 +100,9 @@ def dense_arguments(host):
 
 
 def adopt_base_parameters(cell, host):
-    """Give ``cell`` the host's ``weight`` and ``bias`` Parameter objects (same values, no copy)."""
-    cell.weight = host.weight
+    """Give ``cell`` (a :class:`~mindpet.delta.base.dense_core.DenseCore`) the host's ``weight`` and ``bias``
+    objects (same values, no copy): Parameters, or a quantized weight cell, which stays quantized."""
+    cell.adopt_weight(host.weight)
     if host.has_bias:
         cell.bias = host.bias
     return cell

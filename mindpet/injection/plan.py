@@ -4,6 +4,7 @@ from typing import NamedTuple, Tuple
 from mindspore import nn
 
 from mindpet.injection.hosts import UnsupportedHost
+from mindpet.injection.summary import parameter_sizes
 from mindpet.injection.targeting import TargetSpec, closest_paths, entry_matches
 from mindpet.registry import host_kind, method_of_cell, method_of_config
 from mindpet.utils.validation import argument_error
@@ -178,7 +179,7 @@ def plan_delta(network, config):
         frozen_added += frozen
         planned.append(PlannedCell(path, type(cell).__name__, host.in_channels, host.out_channels, trainable))
     added = sum(cell.added_params for cell in planned)
-    total = sum(param.size for param in network.get_parameters()) + added + frozen_added
+    total = sum(parameter_sizes(network).values()) + added + frozen_added
     saved = sum(param.size for param in saved_parameters(network, resolution.saved_paths))
     return DeltaPlan(method.name, tuple(planned), resolution.unmatched_entries, resolution.unsupported,
                      resolution.saved_paths, added + saved, total)

@@ -22,10 +22,22 @@ class TrainableSummary(NamedTuple):
                 f"trainable%: {100.0 * self.ratio:.4f}")
 
 
+def parameter_sizes(network):
+    """``{id(param): element count}`` for every parameter of ``network``. A quantized weight counts as the weights it
+    stores (its codes as ``out * in`` elements, its scales as none), as PEFT counts a 4-bit base, so quantizing a base
+    changes no count."""
+    sizes = {id(param): param.size for param in network.get_parameters()}
+    for _, cell in network.cells_and_names():
+        if getattr(cell, "is_frozen_storage", False):
+            sizes.update(cell.parameter_sizes())
+    return sizes
+
+
 def trainable_summary(network):
     """Count the parameter elements of ``network`` that train (``requires_grad=True``) and all of them.
 
-    Optimizer state is not counted, so a training cell gives the same figures as the network it trains.
+    Optimizer state is not counted, so a training cell gives the same figures as the network it trains. A quantized
+    weight (:class:`~mindpet.quantization.NF4Dense`) counts as the weights it stores.
 
     Args:
         network (Cell): the network, a network with loss, or a training cell.
@@ -49,5 +61,6 @@ def trainable_summary(network):
         raise argument_error(TypeError, "trainable_summary", "network", "a mindspore.nn.Cell", network)
     state_ids = optimizer_state_ids(network)
     params = [param for param in network.get_parameters() if id(param) not in state_ids]
-    return TrainableSummary(sum(param.size for param in params if param.requires_grad),
-                            sum(param.size for param in params))
+    sizes = parameter_sizes(network)
+    return TrainableSummary(sum(sizes[id(param)] for param in params if param.requires_grad),
+                            sum(sizes[id(param)] for param in params))

@@ -1,4 +1,6 @@
 """The ``nn.Dense``-compatible core that every delta Dense cell extends."""
+import numpy as np
+from mindspore import Parameter
 from mindspore import dtype as mstype
 from mindspore.ops import operations as P
 
@@ -17,7 +19,9 @@ class DenseCore(MixedPrecisionCell):
     Subclasses add a delta branch in ``construct`` using the helpers below: :meth:`_to_compute` flattens the
     input to 2-D and casts it once to ``compute_dtype``, :meth:`_dense` applies the frozen weight and bias,
     :meth:`_activate` the activation, and :meth:`_restore` brings back the leading dimensions and the input
-    dtype. On its own the core is a Dense layer that computes in ``compute_dtype`` and returns the input's dtype;
+    dtype. The frozen weight is either the Parameter ``weight`` or, after :meth:`adopt_weight` was given a quantized
+    weight cell (:class:`~mindpet.quantization.NF4Weight`), that cell, dequantized by :meth:`_base_weight` on every
+    call. On its own the core is a Dense layer that computes in ``compute_dtype`` and returns the input's dtype;
     :func:`mindpet.delta.merge_and_unload` uses it for merged LoRA cells whose compute dtype differs from their
     parameters'.
 
@@ -39,6 +43,8 @@ class DenseCore(MixedPrecisionCell):
 
         self.weight = make_parameter(weight_init, (self.out_channels, self.in_channels), param_init_type,
                                      "weight", "weight_init", owner)
+        # True once adopt_weight() replaced the Parameter by a quantized weight cell; fixed before the first compile.
+        self.weight_quantized = False
         self.bias = None
         if self.has_bias:
             self.bias = make_parameter(bias_init, (self.out_channels,), param_init_type, "bias", "bias_init", owner)
@@ -53,12 +59,37 @@ class DenseCore(MixedPrecisionCell):
         input_dtype = x.dtype
         return self._restore(self._activate(self._dense(self._to_compute(x))), input_shape, input_dtype)
 
-    def _base_weight(self):
-        """The frozen weight ``(out_channels, in_channels)`` in the compute dtype, as :meth:`_dense` multiplies it.
+    def adopt_weight(self, weight):
+        """Hold ``weight`` as the frozen weight: a Parameter ``(out_channels, in_channels)`` (kept as the very same
+        object), or a quantized weight cell of that shape, which replaces the float Parameter so that only the
+        quantized storage stays resident. Call it before the first compile.
 
-        A cell whose base weight is stored another way (quantized, for example) overrides this one method.
+        Raises:
+            ValueError: ``weight`` has another shape.
         """
+        shape = tuple(weight.shape)
+        if shape != (self.out_channels, self.in_channels):
+            raise ValueError(f"For '{type(self).__name__}', the adopted weight must have shape "
+                             f"{(self.out_channels, self.in_channels)}, but got {shape}.")
+        if isinstance(weight, Parameter):
+            self.weight = weight
+            return
+        del self.weight
+        self.weight = weight
+        self.weight_quantized = True
+
+    def _base_weight(self):
+        """The frozen weight ``(out_channels, in_channels)`` in the compute dtype, as :meth:`_dense` multiplies it;
+        a quantized weight is dequantized straight to the compute dtype."""
+        if self.weight_quantized:
+            return self.weight.dequantize(self.compute_dtype)
         return self._compute_param(self.weight)
+
+    def base_weight_array(self):
+        """The frozen weight ``(out_channels, in_channels)`` as a float32 NumPy array (dequantized if quantized)."""
+        if self.weight_quantized:
+            return self.weight.to_array()
+        return self.weight.asnumpy().astype(np.float32)
 
     def _dense(self, x):
         """``x W^T + b`` on a 2-D input already in the compute dtype."""
@@ -88,6 +119,9 @@ class DenseCore(MixedPrecisionCell):
                                                       Operand("weight", (out_dim, in_dim))), "dense"),
                primitive_op(bias_arg, self.bias_add, (Operand("dense", (TOKENS, out_dim)), Operand("bias", (out_dim,))),
                             "dense_biased", absent=no_bias))
+        if self.weight_quantized:
+            # The matmul strategy also splits the quantized storage, which holds whole blocks only.
+            ops += (self.weight.block_layout_op(matmul_arg, out_dim),)
         return ops, "dense_biased" if self.has_bias else "dense"
 
     def extend_repr(self):

@@ -1,6 +1,6 @@
 """The base of every delta Dense cell whose update can be folded into the frozen weight for inference."""
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Parameter, Tensor, nn
 
 from mindpet.delta.base.dense_core import DenseCore
 from mindpet.utils.logger import logger
@@ -47,7 +47,15 @@ class MergeableDense(DenseCore):
 
         Returns:
             The cell itself.
+
+        Raises:
+            ValueError: the base weight is quantized: folding the delta into 4-bit storage would re-quantize it
+                and lose the delta in the rounding; :func:`mindpet.merge_and_unload` returns a dequantized layer.
         """
+        if self.weight_quantized:
+            raise ValueError(f"For '{self.cls_name}.merge', the base weight is quantized "
+                             f"({self.weight.quantization_info()['quant_type']}) and cannot hold the delta without "
+                             f"re-quantizing it; use mindpet.merge_and_unload, which returns a dequantized Dense layer.")
         if self.merged:
             logger.warning("%s is already merged; merge() did nothing.", self.cls_name)
             return self
@@ -70,14 +78,31 @@ class MergeableDense(DenseCore):
         self._set_branch_active(True)
         return self
 
+    def _dequantized_merge(self):
+        """The weight dequantized with the delta folded in, and the bias, as new Parameters of
+        ``param_init_type`` (the dtype the base was quantized from); the cell itself is left as it was."""
+        weight, bias = self._fold(self.base_weight_array(), self.bias.asnumpy().astype(np.float32)
+                                  if self.has_bias else None, unfold=False)
+        logger.info("%s: the base weight %s was dequantized from %s to %s and the delta folded in.", self.cls_name,
+                    self.weight.shape, self.weight.quantization_info()["quant_type"], self.param_init_type)
+        weight = Parameter(Tensor(weight, self.param_init_type), name="weight")
+        bias = Parameter(Tensor(bias, self.param_init_type), name="bias") if self.has_bias else None
+        return weight, bias
+
     def to_plain_dense(self):
         """This cell merged, as a Dense layer that holds the very same ``weight``/``bias`` Parameters.
 
         That is an ``nn.Dense`` when the cell computes in its parameters' dtype, as ``nn.Dense`` does; otherwise a
         :class:`DenseCore`, which computes in ``compute_dtype`` and returns the input's dtype, as this cell did.
+        On a quantized base the weight is dequantized to ``param_init_type`` with the delta folded in (in float32),
+        into new Parameters of the same names, and the log says so; the cell itself stays as it was.
         """
-        if not self.merged:
-            self.merge()
+        if self.weight_quantized:
+            weight, bias = self._dequantized_merge()
+        else:
+            if not self.merged:
+                self.merge()
+            weight, bias = self.weight, self.bias
         if self.compute_dtype == self.param_init_type:
             dense = nn.Dense(self.in_channels, self.out_channels, weight_init="zeros", bias_init="zeros",
                              has_bias=self.has_bias, activation=self.activation, dtype=self.param_init_type)
@@ -86,9 +111,9 @@ class MergeableDense(DenseCore):
                               activation=self.activation, param_init_type=self.param_init_type,
                               compute_dtype=self.compute_dtype)
         # Reusing the Parameter objects keeps their values, names and any sharing without a copy.
-        dense.weight = self.weight
+        dense.weight = weight
         if self.has_bias:
-            dense.bias = self.bias
+            dense.bias = bias
         return dense
 
 
