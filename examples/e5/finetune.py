@@ -33,8 +33,8 @@ if __package__ in (None, ""):
 import mindspore as ms  # noqa: E402
 
 from bert.data import encode_reviews, split_reviews  # noqa: E402
-from bert.finetune import (MODES, accuracy, add_memory_options, configure_compile_cache, make_deterministic,  # noqa: E402
-                           peak_rss_mb, predict, print_run_summary, train)
+from bert.finetune import (MODES, accuracy, add_memory_options, configure_compile_cache,  # noqa: E402
+                           make_deterministic, peak_rss_mb, predict, print_run_summary, train)
 from bert.methods import apply_method  # noqa: E402
 from bert.modeling import BertClassifier  # noqa: E402
 from bert.weights import DERIVED_PARAM_SUFFIXES, load_pretrained  # noqa: E402
