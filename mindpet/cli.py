@@ -20,18 +20,15 @@ import numpy as np
 from mindspore import Tensor
 from mindspore.train import CheckpointConfig
 
-from mindpet.checkpoint.adapter_files import (
+from mindpet.checkpoint.adapter_dir import (
     AdapterFiles,
     adapter_metadata,
     check_fields,
-    join_path,
     method_of_peft_type,
-    path_mapper,
-    place_entries,
     read_adapter_directory,
-    remap_adapter,
     write_adapter_directory,
 )
+from mindpet.checkpoint.adapter_keys import join_path, path_mapper, place_entries, remap_adapter
 from mindpet.checkpoint.atomic import save_atomically
 from mindpet.checkpoint.formats import CHECKPOINT_FORMATS, TRAINING_COUNTER_KEYS
 from mindpet.checkpoint.safetensors_file import read_safetensors

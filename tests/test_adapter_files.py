@@ -28,8 +28,8 @@ from mindpet import (
     quantize_base,
     save_delta,
 )
-from mindpet.checkpoint import adapter_files
-from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE
+from mindpet.checkpoint import adapter_dir
+from mindpet.checkpoint.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.atomic import STAGING_PREFIX, remove_stale_staging_dirs
 from mindpet.checkpoint.safetensors_file import SafetensorsError, read_safetensors, write_safetensors
 from mindpet.delta import LoRADense, PrefixEncoder, PrefixLayer, PromptEncoder, PromptTuningEmbedding
@@ -343,7 +343,7 @@ def test_a_failed_save_leaves_the_old_directory(tmp_path, monkeypatch):
             file.write(b"\x10\x00")
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapter_files, "write_safetensors", fail_midway)
+    monkeypatch.setattr(adapter_dir, "write_safetensors", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         save_delta(trained, folder)
     with pytest.raises(OSError, match="disk full"):
@@ -356,7 +356,7 @@ KILLED_SAVE = """
 import os, sys, time
 sys.path.insert(0, {tests!r})
 from mindpet import LoraConfig, get_delta_model, save_delta
-from mindpet.checkpoint import adapter_files
+from mindpet.checkpoint import adapter_dir
 from injection_models import TinyNet
 
 def write_then_hang(path, tensors, metadata=None, bfloat16_names=()):
@@ -365,7 +365,7 @@ def write_then_hang(path, tensors, metadata=None, bfloat16_names=()):
     print("writing", flush=True)
     time.sleep(60)
 
-adapter_files.write_safetensors = write_then_hang
+adapter_dir.write_safetensors = write_then_hang
 save_delta(get_delta_model(TinyNet(), LoraConfig(target_modules=["q_proj"])), {folder!r})
 """
 

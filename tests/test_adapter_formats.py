@@ -13,7 +13,7 @@ from mindspore import nn
 from virtual_token_helpers import WIDTH, SteeredModel
 
 from mindpet import IA3Config, LoraConfig, freeze_delta, get_delta_model, load_delta, quantize_base, save_delta
-from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE, adapter_metadata, write_adapter_directory
+from mindpet.checkpoint.adapter_dir import CONFIG_FILE, WEIGHTS_FILE, adapter_metadata, write_adapter_directory
 from mindpet.checkpoint.safetensors_file import read_safetensors
 from mindpet.delta import IA3Dense, LoRADense, PromptEncoder, PromptTuningEmbedding
 from mindpet.registry import method_of_cell

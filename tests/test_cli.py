@@ -11,7 +11,7 @@ import pytest
 from injection_models import TinyNet
 
 from mindpet import AdapterConfig, IA3Config, LoraConfig, get_delta_model, load_delta, save_delta
-from mindpet.checkpoint.adapter_files import WEIGHTS_FILE
+from mindpet.checkpoint.adapter_dir import WEIGHTS_FILE
 from mindpet.checkpoint.safetensors_file import read_safetensors
 from mindpet.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 

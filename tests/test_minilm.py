@@ -31,8 +31,8 @@ NUM_LABELS = 2
 # Small enough to compile and train in seconds, with the real vocabulary so that real token ids fit.
 TINY_CONFIG = BertConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64)
 TINY_OPTIONS = {"lora_rank": 4, "bottleneck_size": 8, "reduction_factor": 4, "pre_seq_len": 3, "num_virtual_tokens": 3,
-                "prompt_tuning_init": "TEXT", "prompt_tuning_init_token_ids": [101, 2023, 102], "encoder_hidden_size": 8,
-                "quant_block_size": 16}
+                "prompt_tuning_init": "TEXT", "prompt_tuning_init_token_ids": [101, 2023, 102],
+                "encoder_hidden_size": 8, "quant_block_size": 16}
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from bert.weights import BACKBONE_PREFIX, hf_to_mindspore_name, model_dir, model
 from injection_models import TinyNet  # noqa: E402
 
 from mindpet import AdapterConfig, freeze_delta, get_delta_model, load_delta, save_delta  # noqa: E402
-from mindpet.checkpoint.adapter_files import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
+from mindpet.checkpoint.adapter_dir import CONFIG_FILE, WEIGHTS_FILE  # noqa: E402
 from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors  # noqa: E402
 from mindpet.cli import EXIT_OK, main  # noqa: E402
 from mindpet.delta import IA3Dense, LoRADense, PromptEncoder, PromptTuningEmbedding  # noqa: E402

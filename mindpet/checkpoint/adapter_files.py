@@ -1,48 +1,38 @@
-"""Adapter directories: a delta with the config that made it, in Hugging Face PEFT's layout where PEFT has the method.
+"""Saving and loading a delta as an adapter directory: :func:`save_delta` and :func:`load_delta`.
 
-An adapter directory holds ``adapter_config.json`` (``peft_type``, the method's hyperparameters, the adapted module
-paths as ``target_modules`` and ``modules_to_save``) and ``adapter_model.safetensors`` (the delta tensors and the
-saved modules). mindpet's own metadata (its version, MindSpore's, the format version and the base fingerprint: the
-shape of every weight the delta adapts) goes into the safetensors header, which PEFT ignores, so that no PEFT
-version meets a JSON key it does not know. How each method names its fields and tensors is its
-:class:`~mindpet.delta.base.file_format.AdapterFormat` in the registry.
+:func:`save_delta` finds the one delta method a network holds (its cells, tensors and the other trained parameters
+saved as modules to save) and writes it with its config; :func:`load_delta` reads an adapter directory (mindpet's or
+Hugging Face PEFT's), checks it against the network, injects the method's cells into a bare base when needed, and
+sets every tensor only once all of them fit, undoing the injection when anything fails. The files themselves are
+written and read by :mod:`mindpet.checkpoint.adapter_dir`; file keys, path maps and the base fingerprint live in
+:mod:`mindpet.checkpoint.adapter_keys`.
 """
-import json
 import os
-import re
-import shutil
 from typing import NamedTuple
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 from mindspore import dtype as mstype
 
-from mindpet.checkpoint.atomic import make_staging_dir
+from mindpet.checkpoint.adapter_dir import (
+    CONFIG_FILE,
+    _check_replaceable,
+    adapter_metadata,
+    check_fields,
+    method_of_peft_type,
+    read_adapter_directory,
+    write_adapter_directory,
+)
+from mindpet.checkpoint.adapter_keys import base_fingerprint, check_fingerprint, join_path, path_mapper, place_entries
 from mindpet.checkpoint.loader import DeltaLoadResult
-from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors
 from mindpet.checkpoint.selection import trained_parameters
-from mindpet.delta.base.file_format import PEFT_BOOKKEEPING_KEYS
 from mindpet.delta.base.mergeable import merged_cells
 from mindpet.injection.inject import CONFIGS_ATTR, get_delta_model
 from mindpet.injection.targeting import entry_matches
 from mindpet.injection.tree import replace_cells
-from mindpet.quantization.layer import base_quantization
 from mindpet.registry import METHODS, get_method, method_of_cell
 from mindpet.utils.logger import logger
-from mindpet.utils.naming import DELTA_PREFIX
 from mindpet.utils.validation import argument_error, check_bool, check_str, quote_names, quote_value
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-FORMAT_NAME = "mindpet-adapter"
-FORMAT_VERSION = "1"
-# safetensors metadata keys.
-META_FORMAT, META_FORMAT_VERSION, META_FINGERPRINT = "format", "mindpet_format_version", "base_fingerprint"
-META_MINDPET_VERSION, META_MINDSPORE_VERSION = "mindpet_version", "mindspore_version"
-# JSON fields written for every method.
-_COMMON_KEYS = frozenset({"peft_type", "target_modules", "modules_to_save"})
 
 
 class DeltaTensor(NamedTuple):
@@ -60,57 +50,6 @@ class NetworkDelta(NamedTuple):
     cells: dict
     tensors: list
     saved: list
-
-
-def join_path(module, local):
-    """``module.local``, or ``local`` for a parameter of the root cell."""
-    return f"{module}.{local}" if module else local
-
-
-def path_mapper(key_map, owner):
-    """A function that maps a module path by ``key_map``: None (unchanged), a callable ``path -> path``, or a dict of
-    path prefixes (the longest that matches whole components wins; ``''`` matches every path, so ``{'': 'bert'}``
-    moves everything under ``bert``).
-
-    Raises:
-        TypeError: `key_map` is none of these, or the callable returns no str.
-    """
-    if key_map is None:
-        return lambda path: path
-    if callable(key_map):
-        def mapped(path):
-            result = key_map(path)
-            if not isinstance(result, str):
-                raise argument_error(TypeError, owner, "key_map", f"a callable returning a str for {path!r}", result)
-            return result
-        return mapped
-    if not isinstance(key_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in key_map.items()):
-        raise argument_error(TypeError, owner, "key_map", "None, a dict of str path prefixes to str, or a callable",
-                             key_map)
-    prefixes = sorted(key_map, key=len, reverse=True)
-
-    def by_prefix(path):
-        for old in prefixes:
-            if not old or path == old or path.startswith(old + "."):
-                rest = path[len(old):].lstrip(".") if old else path
-                return ".".join(part for part in (key_map[old], rest) if part)
-        return path
-    return by_prefix
-
-
-def base_fingerprint(cell):
-    """What the delta assumes of the base weight of ``cell``: ``{'shape': [out, in]}``, with
-    ``'quantization'`` (:func:`~mindpet.quantization.base_quantization`: ``quant_type``, ``block_size``,
-    ``double_quant``, ...) when the base is quantized, or what the cell's own ``base_fingerprint()`` says. None for a
-    cell without a ``weight``."""
-    describe = getattr(cell, "base_fingerprint", None)
-    if callable(describe):
-        return describe()
-    weight = getattr(cell, "weight", None)
-    if weight is None:
-        return None
-    quantization = base_quantization(cell)
-    return {"shape": list(weight.shape), **({"quantization": quantization} if quantization else {})}
 
 
 def _split_param(param):
@@ -232,61 +171,6 @@ def delta_file_contents(network, key_map, owner):
     return fields, tensors, adapter_metadata(fingerprint), bfloat16_keys
 
 
-def adapter_metadata(fingerprint):
-    """The safetensors metadata of an adapter file: format and versions, and the base fingerprint when known."""
-    import mindpet  # pylint: disable=import-outside-toplevel; the package imports this module
-    metadata = {META_FORMAT: FORMAT_NAME, META_FORMAT_VERSION: FORMAT_VERSION,
-                META_MINDPET_VERSION: mindpet.__version__, META_MINDSPORE_VERSION: ms.__version__}
-    if fingerprint is not None:
-        metadata[META_FINGERPRINT] = json.dumps(fingerprint, sort_keys=True)
-    return metadata
-
-
-def _check_replaceable(directory, owner):
-    if os.path.lexists(directory) and not os.path.isdir(directory):
-        raise argument_error(ValueError, owner, "directory", "a folder path (it names an existing file)", directory)
-    if os.path.isdir(directory):
-        others = sorted(set(os.listdir(directory)) - set(ADAPTER_FILES))
-        if others:
-            raise ValueError(f"For '{owner}', the folder {quote_value(directory)} exists and holds files other than "
-                             f"an adapter's ({quote_names(others)}); it is not replaced. Choose a new or an adapter "
-                             f"folder.")
-
-
-def write_adapter_directory(directory, fields, tensors, metadata, bfloat16_keys=()):
-    """Write an adapter directory so that ``directory`` holds either its old content or the complete new one.
-
-    Both files are written into a staging folder beside ``directory``, which is then renamed onto it; an existing
-    adapter directory is moved aside first and removed afterwards (or put back if the rename fails).
-    """
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = make_staging_dir(parent)
-    retired = None
-    try:
-        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as config_file:
-            json.dump(fields, config_file, indent=2, sort_keys=True)
-            config_file.write("\n")
-        write_safetensors(os.path.join(staging, WEIGHTS_FILE), tensors, metadata, bfloat16_keys)
-        umask = os.umask(0)
-        os.umask(umask)
-        # mkdtemp makes the folder private; the adapter directory gets the usual permissions.
-        os.chmod(staging, 0o777 & ~umask)
-        if os.path.isdir(directory):
-            retired = os.path.join(make_staging_dir(parent), "retired")
-            os.rename(directory, retired)
-        try:
-            os.rename(staging, directory)
-        except OSError:
-            if retired is not None:
-                os.rename(retired, directory)
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if retired is not None:
-            shutil.rmtree(os.path.dirname(retired), ignore_errors=True)
-
-
 def save_delta(network, directory, key_map=None):
     """Save the delta of ``network`` with its config as an adapter directory.
 
@@ -339,220 +223,6 @@ def save_delta(network, directory, key_map=None):
     write_adapter_directory(directory, fields, tensors, metadata, bfloat16_keys)
     logger.info("%s: wrote %d tensors of %s to '%s'.", owner, len(tensors), fields["peft_type"], directory)
     return directory
-
-
-class AdapterFiles(NamedTuple):
-    """An adapter directory as read: the JSON fields, the tensors by file key and the safetensors metadata."""
-    directory: str
-    fields: dict
-    tensors: dict
-    metadata: dict
-
-
-def read_adapter_directory(directory, owner):
-    """Read both files of an adapter directory, refusing a missing or malformed one with a message naming it.
-
-    Raises:
-        FileNotFoundError: the folder or one of its two files does not exist.
-        ValueError: the JSON is not an object with a str ``peft_type``, or the tensor file is malformed or empty.
-    """
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"For '{owner}', the adapter directory {quote_value(directory)} does not exist.")
-    for name in ADAPTER_FILES:
-        if not os.path.isfile(os.path.join(directory, name)):
-            raise FileNotFoundError(f"For '{owner}', the adapter directory {quote_value(directory)} has no '{name}' "
-                                    f"(an adapter directory holds {list(ADAPTER_FILES)}).")
-    config_path = os.path.join(directory, CONFIG_FILE)
-    try:
-        with open(config_path, encoding="utf-8") as config_file:
-            fields = json.load(config_file)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"For '{owner}', {quote_value(config_path)} is not valid JSON: {err}.") from err
-    if not isinstance(fields, dict) or not isinstance(fields.get("peft_type"), str):
-        raise ValueError(f"For '{owner}', {quote_value(config_path)} must be a JSON object with a str 'peft_type'.")
-    weights_path = os.path.join(directory, WEIGHTS_FILE)
-    tensors, metadata = read_safetensors(weights_path)
-    if not tensors:
-        raise ValueError(f"For '{owner}', {quote_value(weights_path)} holds no tensors: loading it would change "
-                         f"nothing.")
-    return AdapterFiles(directory, fields, tensors, metadata)
-
-
-def method_of_peft_type(peft_type, owner, source):
-    """The registry record whose format has ``peft_type``.
-
-    Raises:
-        ValueError: no method has it (the message lists the known types).
-    """
-    for method in METHODS:
-        if method.adapter_format.peft_type == peft_type:
-            return method
-    known = [method.adapter_format.peft_type for method in METHODS]
-    raise ValueError(f"For '{owner}', {source} has peft_type {quote_value(peft_type)}, which mindpet cannot load; "
-                     f"it loads {known}.")
-
-
-def check_fields(fields, method, source, owner):
-    """Refuse settings mindpet would misread; warn once about fields it does not know (those set to something)."""
-    fmt = method.adapter_format
-    for key, required in fmt.required_values.items():
-        value = fields.get(key, required)
-        if value != required and (value or required):
-            raise ValueError(f"For '{owner}', {source} sets {key}={quote_value(value)}; mindpet computes {method.name} "
-                             f"only with {key}={required!r}, so it refuses the file rather than misread it.")
-    known = fmt.json_keys | PEFT_BOOKKEEPING_KEYS | _COMMON_KEYS | set(fmt.required_values)
-    unknown = sorted(key for key, value in fields.items() if key not in known and value not in (None, False, {}, []))
-    if unknown:
-        logger.warning("%s: %s has fields this version of mindpet does not know; they are ignored: %s.", owner,
-                       source, quote_names(unknown))
-
-
-class _Entry(NamedTuple):
-    """A tensor of the file placed in the network: its file key, parameter name, module path in the file and in the
-    network, its name in the cell, whether it is part of the delta (not a saved module), and whether it is a
-    :class:`~mindpet.delta.base.file_format.DerivedTensor` (written for other readers, never loaded)."""
-    key: str
-    name: str
-    file_module: str
-    module: str
-    local: str
-    is_delta: bool
-    derived: bool = False
-
-
-def _split_key(rest, method, saved_modules=None):
-    """``(module path, name in the file, is delta)`` of a file key without its prefix; ``saved_modules`` are the
-    file's ``modules_to_save``."""
-    fmt = method.adapter_format
-    for entry in fmt.tensor_names:
-        if rest == entry.file or rest.endswith("." + entry.file):
-            return rest[:-len(entry.file)].rstrip("."), entry.file, True
-    parts = rest.split(".")
-    for index, part in enumerate(parts):
-        if part.startswith(DELTA_PREFIX):
-            return ".".join(parts[:index]), ".".join(parts[index:]), True
-    module, _, local = rest.rpartition(".")
-    # A parameter the method trains in place (BitFit's biases), unless it belongs to a saved module.
-    is_delta = (method.trains_pattern is not None and method.owns_parameter(rest)
-                and module not in (saved_modules or ()))
-    return module, local, is_delta
-
-
-def _pathless_entry(key, fmt, cell_path, cell):
-    """The :class:`_Entry` of the key ``key`` of a path-less format if it names a delta tensor of ``cell`` (at
-    ``cell_path`` in the network), else None."""
-    derived = fmt.derived_tensor(key) is not None
-    local = fmt.local_name(key)
-    if not (derived or local != key or local.startswith(DELTA_PREFIX)):
-        return None
-    names = {name: param.name for name, param in cell.parameters_and_names()} if cell is not None else {}
-    return _Entry(key, names.get(local, join_path(cell_path, local)), "", cell_path, local, True, derived)
-
-
-def place_entries(files, method, map_in, pathless_cell=(None, None)):
-    """Every tensor key of ``files`` placed in the network's naming (``map_in`` maps file module paths). The delta
-    tensors of a path-less format go to ``pathless_cell``, ``(path, cell)`` of the network's one cell of the method.
-    """
-    fmt = method.adapter_format
-    saved_modules = set(files.fields.get("modules_to_save") or ())
-    entries = []
-    for key in files.tensors:
-        if fmt.pathless:
-            entry = _pathless_entry(key, fmt, *pathless_cell)
-            if entry is not None:
-                entries.append(entry)
-                continue
-        if not key.startswith(fmt.key_prefix):
-            entries.append(_Entry(key, key, "", "", key, False))
-            continue
-        file_module, file_local, is_delta = _split_key(key[len(fmt.key_prefix):], method, saved_modules)
-        module = map_in(file_module)
-        local = fmt.local_name(file_local) if is_delta else file_local
-        derived = is_delta and fmt.derived_tensor(file_local) is not None
-        entries.append(_Entry(key, join_path(module, local), file_module, module, local, is_delta, derived))
-    return entries
-
-
-def _remap_pattern_key(key, mapper):
-    """A pattern key that is an exact (escaped) path, mapped; any other regular expression as it is."""
-    path = re.sub(r"\\(.)", r"\1", key)
-    return re.escape(mapper(path)) if re.escape(path) == key else key
-
-
-def remap_adapter(files, method, mapper, owner):
-    """The fields, tensors and metadata of the adapter ``files`` with every module path mapped by ``mapper``: the
-    tensor keys, ``target_modules`` and ``modules_to_save`` lists, exact-path keys of the pattern fields and the
-    fingerprint.
-
-    Raises:
-        ValueError: two tensors map to one key.
-    """
-    fmt = method.adapter_format
-    tensors = {}
-    for key, value in files.tensors.items():
-        new_key = key
-        if key.startswith(fmt.key_prefix):
-            module, local, _ = _split_key(key[len(fmt.key_prefix):], method)
-            new_key = fmt.key_prefix + join_path(mapper(module), local)
-        if new_key in tensors:
-            raise ValueError(f"For '{owner}', two tensors map to the key {quote_value(new_key)}; check the key map.")
-        tensors[new_key] = value
-    fields = dict(files.fields)
-    for name in ("target_modules", "modules_to_save"):
-        if isinstance(fields.get(name), list):
-            fields[name] = sorted(mapper(path) for path in fields[name])
-    for name in fmt.pattern_fields:
-        fields[name] = {_remap_pattern_key(key, mapper): value for key, value in (fields.get(name) or {}).items()}
-    metadata = dict(files.metadata)
-    fingerprint = json.loads(metadata.get(META_FINGERPRINT) or "{}")
-    if fingerprint:
-        metadata[META_FINGERPRINT] = json.dumps({join_path(mapper(path.rpartition(".")[0]), "weight"): value
-                                                 for path, value in fingerprint.items()}, sort_keys=True)
-    return fields, tensors, metadata
-
-
-def check_fingerprint(files, cells_by_path, map_in, owner):
-    """Refuse a base whose adapted weights differ from those the delta was made on, naming the first that does."""
-    recorded = json.loads(files.metadata.get(META_FINGERPRINT, "{}") or "{}")
-    requantized = []
-    for weight_path in sorted(recorded):
-        module, _, _ = weight_path.rpartition(".")
-        cell_path = map_in(module)
-        found = base_fingerprint(cells_by_path[cell_path]) if cell_path in cells_by_path else None
-        if _only_quantization_differs(found, recorded[weight_path]):
-            requantized.append((cell_path, recorded[weight_path].get("quantization"), found.get("quantization")))
-        elif found != recorded[weight_path]:
-            what = "no such layer (is 'key_map' right?)" if cell_path not in cells_by_path else found
-            raise ValueError(f"For '{owner}', the base network does not match the one the delta in "
-                             f"{quote_value(files.directory)} was made on: the first differing weight is "
-                             f"{quote_value(join_path(cell_path, 'weight'))} (file: {quote_value(weight_path)}), "
-                             f"recorded as {recorded[weight_path]}, found {what}.")
-    if requantized:
-        path, was, now = requantized[0]
-        logger.warning("%s: the delta in %s was made on a base stored otherwise than this one at %d layer(s), e.g. "
-                       "%s: made on %s, loaded onto %s. The shapes agree, so it loads (as PEFT loads a QLoRA adapter "
-                       "onto a 16-bit base); outputs differ from training's by the quantization error.", owner,
-                       quote_value(files.directory), len(requantized), quote_value(join_path(path, "weight")),
-                       _describe_storage(was), _describe_storage(now))
-
-
-def _only_quantization_differs(found, recorded):
-    """Whether two fingerprints agree on everything but the base's quantization (which is set in one of them, or
-    differs)."""
-    if not isinstance(found, dict) or not isinstance(recorded, dict) or found == recorded:
-        return False
-    return _without_quantization(found) == _without_quantization(recorded)
-
-
-def _without_quantization(fingerprint):
-    return {key: value for key, value in fingerprint.items() if key != "quantization"}
-
-
-def _describe_storage(quantization):
-    if not quantization:
-        return "an unquantized weight"
-    return (f"{quantization.get('quant_type')} (block_size={quantization.get('block_size')}, "
-            f"double_quant={quantization.get('double_quant')})")
 
 
 class _InjectionUndo:

@@ -11,7 +11,8 @@ import time
 from mindspore import Tensor
 from mindspore.train import Callback, CheckpointConfig
 
-from mindpet.checkpoint.adapter_files import delta_file_contents, write_adapter_directory
+from mindpet.checkpoint.adapter_dir import write_adapter_directory
+from mindpet.checkpoint.adapter_files import delta_file_contents
 from mindpet.checkpoint.atomic import remove_stale_staging_dirs, save_atomically
 from mindpet.checkpoint.formats import CHECKPOINT_FORMATS, TRAINING_COUNTER_KEYS, check_encryption_mode
 from mindpet.checkpoint.guard import training_problems
