@@ -57,6 +57,12 @@ def storage(net):
     return {param.name: param.asnumpy().copy() for param in net.get_parameters() if ".weight." in param.name}
 
 
+def fresh_call(net, x):
+    """``net(x)`` through a new wrapper cell: a GRAPH-mode network compiled before its layers were replaced keeps the
+    old graph, a new wrapper compiles the current layers."""
+    return nn.SequentialCell([net])(x).asnumpy()
+
+
 # --- the levels and the NumPy quantizer ---------------------------------------------------------------------------
 
 def test_levels_are_the_papers_normal_quantiles():
@@ -368,11 +374,41 @@ def test_adapters_inject_on_nf4_too(mode):
     net = quantize_base(mlp(), ["0"])
     stored = net[0].weight
     x = Tensor(np.random.default_rng(9).standard_normal((2, IN)).astype(np.float32))
-    before = net(x).asnumpy()
+    before = fresh_call(net, x)
     get_delta_model(net, AdapterConfig(target_modules=["0"], bottleneck_size=4))
     assert net[0].weight is stored and net[0].weight_quantized
     # The adapter's up-projection starts at zero: the adapted layer computes what the NF4 layer computed.
-    np.testing.assert_allclose(net(x).asnumpy(), before, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fresh_call(net, x), before, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3"])
+def test_dora_and_ia3_inject_on_nf4_and_merge_to_a_dequantized_dense(mode, method):
+    from mindpet import IA3Config
+
+    config = {"dora": LoraConfig(target_modules=["0"], lora_rank=4, lora_alpha=8, use_dora=True),
+              "ia3": IA3Config(target_modules=["0"], feedforward_modules=["0"])}[method]
+    net = quantize_base(mlp(), ["0"])
+    stored, stored_codes = net[0].weight, net[0].weight.codes.asnumpy().copy()
+    x = Tensor(np.random.default_rng(10).standard_normal((3, IN)).astype(np.float32))
+    before = fresh_call(net, x)
+    get_delta_model(net, config)
+    cell = net[0]
+    assert cell.weight is stored and cell.weight_quantized
+    if method == "dora":
+        # The magnitude starts at the row norms of the dequantized base, not of a float copy that does not exist.
+        np.testing.assert_allclose(cell.mindpet_delta_lora_magnitude.asnumpy(),
+                                   np.linalg.norm(stored.to_array(), axis=1), rtol=1e-6)
+    np.testing.assert_allclose(fresh_call(net, x), before, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(11)
+    for param in net.trainable_params():
+        param.set_data(Tensor(param.asnumpy() * (1 + 0.2 * rng.standard_normal(param.shape)).astype(np.float32)
+                              + 0.02 * rng.standard_normal(param.shape).astype(np.float32), param.dtype))
+    adapted = fresh_call(net, x)
+    assert np.abs(adapted - before).max() > 1e-3
+    merged = merge_and_unload(net)
+    assert type(merged[0]) is nn.Dense
+    np.testing.assert_allclose(fresh_call(merged, x), adapted, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(stored.codes.asnumpy(), stored_codes)
 
 
 def test_mindformers_linear_is_quantized(graph_mode):
