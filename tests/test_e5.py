@@ -189,3 +189,16 @@ def test_reviews_and_fixed_split(reviews):
     assert split_reviews(reviews, 500, 1000)[1] == held_out
     digest = hashlib.sha256("\n".join(f"{label}\t{text}" for text, label in held_out).encode("utf-8")).hexdigest()
     assert digest.startswith(HELD_OUT_SHA256_PREFIX), digest
+
+
+def test_finetune_script_imports_and_parses_its_options():
+    """
+    Feature: examples/e5/finetune.py, which no other test imports.
+    Description: Import it (its imports from examples/bert must exist) and parse a command line.
+    Expectation: The options arrive, with the method's default rate filled in and the shared run options' defaults.
+    """
+    import e5.finetune as finetune
+
+    args = finetune.parse_args(["--method", "qlora", "--seed", "1", "--skip-reload"])
+    assert (args.method, args.seed, args.skip_reload, args.lr) == ("qlora", 1, True, finetune.DEFAULT_LRS["qlora"])
+    assert args.output_dir == "mindpet_e5" and args.mode == "graph"

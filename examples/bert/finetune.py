@@ -204,6 +204,27 @@ def configure_compile_cache(directory):
         ms.set_context(enable_compile_cache=True, compile_cache_path=directory)
 
 
+def add_run_options(parser, output_dir):
+    """The options every example run script shares: the execution mode, where the delta checkpoints and the result
+    line go, the reload check, and determinism. `output_dir` is the default checkpoint folder."""
+    parser.add_argument("--mode", choices=sorted(MODES), default="graph", help="MindSpore execution mode")
+    parser.add_argument("--output-dir", default=output_dir, help="folder of the delta checkpoints")
+    parser.add_argument("--result-json", help="append one JSON line with the results to this file")
+    parser.add_argument("--skip-reload", action="store_true", help="skip the reload check (saves a compile)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bit-identical runs for a seed: deterministic kernels, one CPU kernel thread (slower)")
+
+
+def start_run(args):
+    """Apply the options of :func:`add_run_options` and :func:`add_memory_options`, and seed every generator."""
+    if args.deterministic:
+        make_deterministic()
+    ms.set_context(mode=MODES[args.mode])
+    configure_compile_cache(args.compile_cache)
+    ms.set_seed(args.seed)
+    np.random.seed(args.seed)
+
+
 def base_weight_bytes(net):
     """The bytes of the encoder's frozen Dense weights as stored: float32 Parameters, or the NF4 codes and scales of
     a quantized base (``qlora``)."""
@@ -261,12 +282,7 @@ def parse_args(argv=None):
     parser.add_argument("--encoder-hidden-size", type=int, default=128, help="P-tuning v1: encoder hidden size")
     parser.add_argument("--encoder-type", choices=["MLP", "LSTM"], default="MLP", help="P-tuning v1: encoder")
     parser.add_argument("--rdrop-alpha", type=float, default=4.0, help="R-Drop weight (method lora_rdrop)")
-    parser.add_argument("--mode", choices=sorted(MODES), default="graph", help="MindSpore execution mode")
-    parser.add_argument("--output-dir", default="mindpet_minilm", help="folder of the delta checkpoints")
-    parser.add_argument("--result-json", help="append one JSON line with the results to this file")
-    parser.add_argument("--skip-reload", action="store_true", help="skip the reload check (saves a compile)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="bit-identical runs for a seed: deterministic kernels, one CPU kernel thread (slower)")
+    add_run_options(parser, output_dir="mindpet_minilm")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LRS[args.method]
@@ -275,12 +291,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.deterministic:
-        make_deterministic()
-    ms.set_context(mode=MODES[args.mode])
-    configure_compile_cache(args.compile_cache)
-    ms.set_seed(args.seed)
-    np.random.seed(args.seed)
+    start_run(args)
 
     tokenizer = load_tokenizer(model_file("tokenizer.json"), args.max_length)
     train_reviews, eval_reviews = split_reviews(read_reviews(), args.num_train, args.num_eval)

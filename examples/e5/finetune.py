@@ -30,20 +30,18 @@ if __package__ in (None, ""):
     # Run as a script: make the ``e5`` and ``bert`` packages (this folder's parent) importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import mindspore as ms  # noqa: E402
-
 from bert.data import encode_reviews, split_reviews  # noqa: E402
-from bert.finetune import (MODES, accuracy, add_memory_options, configure_compile_cache,  # noqa: E402
-                           make_deterministic, peak_rss_mb, predict, print_run_summary, train)
+from bert.finetune import (accuracy, add_memory_options, add_run_options, peak_rss_mb, predict,  # noqa: E402
+                           print_run_summary, start_run, train)
 from bert.methods import apply_method  # noqa: E402
 from bert.modeling import BertClassifier  # noqa: E402
-from bert.weights import DERIVED_PARAM_SUFFIXES, load_pretrained  # noqa: E402
+from bert.weights import load_pretrained  # noqa: E402
 from e5.data import read_reviews  # noqa: E402
 from e5.e5_format import DTYPE_Q4_0, read_e5_file  # noqa: E402
 from e5.tokenizer import E5Tokenizer  # noqa: E402
 from e5.weights import bert_config, model_path, read_e5_weights  # noqa: E402
 from mindpet import load_delta_checkpoint, quantize_base, trainable_summary  # noqa: E402
-from mindpet.utils.naming import DELTA_PREFIX  # noqa: E402
+from mindpet.utils.naming import is_added_by_delta  # noqa: E402
 
 NUM_LABELS = 2
 METHODS = ("frozen_head", "lora", "qlora")
@@ -75,7 +73,7 @@ def base_bytes(net):
     """Resident bytes of the frozen encoder's projection matrices, and of the embedding tables."""
     matrices = embeddings = 0
     for param in net.get_parameters():
-        if DELTA_PREFIX in param.name or param.name.endswith(DERIVED_PARAM_SUFFIXES):
+        if is_added_by_delta(param.name):
             continue
         if param.name.startswith(ENCODER_PREFIX) and not any(part in param.name for part in _NOT_MATRIX):
             matrices += param.asnumpy().nbytes
@@ -103,12 +101,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, default=40, help="tokens per review after truncation")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=16)
-    parser.add_argument("--mode", choices=sorted(MODES), default="graph", help="MindSpore execution mode")
-    parser.add_argument("--output-dir", default="mindpet_e5", help="folder of the delta checkpoints")
-    parser.add_argument("--result-json", help="append one JSON line with the results to this file")
-    parser.add_argument("--skip-reload", action="store_true", help="skip the reload check (saves a compile)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="bit-identical runs for a seed: deterministic kernels, one CPU kernel thread (slower)")
+    add_run_options(parser, output_dir="mindpet_e5")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LRS[args.method]
@@ -117,12 +110,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.deterministic:
-        make_deterministic()
-    ms.set_context(mode=MODES[args.mode])
-    configure_compile_cache(args.compile_cache)
-    ms.set_seed(args.seed)
-    np.random.seed(args.seed)
+    start_run(args)
 
     e5_file = read_e5_file(model_path())
     tokenizer = E5Tokenizer(e5_file.vocab, max_length=args.max_length)
