@@ -204,6 +204,31 @@ def configure_compile_cache(directory):
         ms.set_context(enable_compile_cache=True, compile_cache_path=directory)
 
 
+def check_reload(fresh, delta_path, eval_data, logits, batch_size, result):
+    """Load the saved delta into `fresh` (a newly built model) and record in `result` how well it reproduces the
+    trained model's `logits`; a different accuracy is an error, not a footnote."""
+    load_delta_checkpoint(fresh, delta_path)
+    reloaded_logits = predict(fresh, eval_data, batch_size)
+    result["reloaded_accuracy"] = accuracy(reloaded_logits, eval_data.labels)
+    result["reload_max_abs_logit_diff"] = float(np.max(np.abs(reloaded_logits - logits)))
+    print(f"reloaded the delta into a fresh model: accuracy {result['reloaded_accuracy']:.4f}, largest logit "
+          f"difference {result['reload_max_abs_logit_diff']:.2e}")
+    if result["reloaded_accuracy"] != result["accuracy"]:
+        raise RuntimeError("The reloaded delta does not reproduce the trained model's accuracy.")
+
+
+def finish_run(result, args):
+    """Add the peak memory and evaluation batch to `result`, print the run summary, append the JSON line that
+    ``--result-json`` asks for, and return `result`."""
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["eval_batch_size"] = args.eval_batch_size
+    print_run_summary(result)
+    if args.result_json:
+        with open(args.result_json, "a", encoding="utf-8") as result_file:
+            result_file.write(json.dumps(result) + "\n")
+    return result
+
+
 def add_run_options(parser, output_dir):
     """The options every example run script shares: the execution mode, where the delta checkpoints and the result
     line go, the reload check, and determinism. `output_dir` is the default checkpoint folder."""
@@ -323,22 +348,9 @@ def main(argv=None):
 
     if not args.skip_reload:
         fresh, _ = build_model(config, args.method, read_pretrained(), **method_options(args, tokenizer))
-        load_delta_checkpoint(fresh, delta_path)
-        reloaded_logits = predict(fresh, eval_data, args.eval_batch_size)
-        result["reloaded_accuracy"] = accuracy(reloaded_logits, eval_data.labels)
-        result["reload_max_abs_logit_diff"] = float(np.max(np.abs(reloaded_logits - logits)))
-        print(f"reloaded the delta into a fresh pretrained model: accuracy {result['reloaded_accuracy']:.4f}, "
-              f"largest logit difference {result['reload_max_abs_logit_diff']:.2e}")
-        if result["reloaded_accuracy"] != acc:
-            raise RuntimeError("The reloaded delta does not reproduce the trained model's accuracy.")
+        check_reload(fresh, delta_path, eval_data, logits, args.eval_batch_size, result)
 
-    result["peak_rss_mb"] = peak_rss_mb()
-    result["eval_batch_size"] = args.eval_batch_size
-    print_run_summary(result)
-    if args.result_json:
-        with open(args.result_json, "a", encoding="utf-8") as result_file:
-            result_file.write(json.dumps(result) + "\n")
-    return result
+    return finish_run(result, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Run (defaults: 2,000 training reviews, 2 epochs of batch 32 = 124 steps, 1,000 h
     python examples/e5/finetune.py --method qlora --seed 1 --result-json examples/e5/results/runs.jsonl
 """
 import argparse
-import json
 import os
 import sys
 
@@ -31,8 +30,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bert.data import encode_reviews, split_reviews  # noqa: E402
-from bert.finetune import (accuracy, add_memory_options, add_run_options, peak_rss_mb, predict,  # noqa: E402
-                           print_run_summary, start_run, train)
+from bert.finetune import (accuracy, add_memory_options, add_run_options, check_reload, finish_run,  # noqa: E402
+                           predict, start_run, train)
 from bert.methods import apply_method  # noqa: E402
 from bert.modeling import BertClassifier  # noqa: E402
 from bert.weights import load_pretrained  # noqa: E402
@@ -40,7 +39,7 @@ from e5.data import read_reviews  # noqa: E402
 from e5.e5_format import DTYPE_Q4_0, read_e5_file  # noqa: E402
 from e5.tokenizer import E5Tokenizer  # noqa: E402
 from e5.weights import bert_config, model_path, read_e5_weights  # noqa: E402
-from mindpet import load_delta_checkpoint, quantize_base, trainable_summary  # noqa: E402
+from mindpet import quantize_base, trainable_summary  # noqa: E402
 from mindpet.utils.naming import is_added_by_delta  # noqa: E402
 
 NUM_LABELS = 2
@@ -143,22 +142,9 @@ def main(argv=None):
     if not args.skip_reload:
         del net
         fresh, _ = build_model(e5_file, args.method, read_e5_weights(e5_file), **hyperparameters)
-        load_delta_checkpoint(fresh, delta_path)
-        reloaded_logits = predict(fresh, eval_data, args.eval_batch_size)
-        result["reloaded_accuracy"] = accuracy(reloaded_logits, eval_data.labels)
-        result["reload_max_abs_logit_diff"] = float(np.max(np.abs(reloaded_logits - logits)))
-        print(f"reloaded the delta into a fresh model: accuracy {result['reloaded_accuracy']:.4f}, largest logit "
-              f"difference {result['reload_max_abs_logit_diff']:.2e}")
-        if result["reloaded_accuracy"] != acc:
-            raise RuntimeError("The reloaded delta does not reproduce the trained model's accuracy.")
+        check_reload(fresh, delta_path, eval_data, logits, args.eval_batch_size, result)
 
-    result["peak_rss_mb"] = peak_rss_mb()
-    result["eval_batch_size"] = args.eval_batch_size
-    print_run_summary(result)
-    if args.result_json:
-        with open(args.result_json, "a", encoding="utf-8") as result_file:
-            result_file.write(json.dumps(result) + "\n")
-    return result
+    return finish_run(result, args)
 
 
 if __name__ == "__main__":
