@@ -1,8 +1,9 @@
 """mindpet: parameter-efficient fine-tuning (delta tuning) for MindSpore.
 
 Apply a method to any network by config (:func:`get_delta_model` with :class:`LoraConfig`, :class:`AdapterConfig`,
-:class:`LowRankAdapterConfig` or :class:`IA3Config`, after a dry run with :func:`plan_delta`), or build the cells of
-:mod:`mindpet.delta` into the model source (:class:`PromptTuningConfig` and :class:`PTuningConfig` build the
+:class:`LowRankAdapterConfig`, :class:`IA3Config` or :class:`AdaLoraConfig`, whose training takes
+:class:`AdaLoraCallback`, after a dry run with :func:`plan_delta`), or build the cells of :mod:`mindpet.delta` into
+the model source (:class:`PromptTuningConfig` and :class:`PTuningConfig` build the
 virtual-token cells that a model's embedding code prepends). Freezing, delta checkpoints and strategy checks are
 exported here too.
 """
@@ -19,6 +20,7 @@ from mindpet.checkpoint import (
                                 merge_sliced_delta_checkpoints,
                                 save_delta,
 )
+from mindpet.delta.adalora import AdaLoraCallback, AdaLoraConfig
 from mindpet.delta.adapter import AdapterConfig
 from mindpet.delta.base.config import DeltaConfig
 from mindpet.delta.ia3 import IA3Config
@@ -35,7 +37,7 @@ from mindpet.parallel.check import check_shard_strategies
 from mindpet.quantization import quantize_base
 from mindpet.registry import config_from_dict
 
-__all__ = ["AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "IA3Config",
+__all__ = ["AdaLoraCallback", "AdaLoraConfig", "AdapterConfig", "BaseLoadResult", "DeltaConfig", "DeltaLoadResult", "DeltaPlan", "IA3Config",
            "LoraConfig", "LowRankAdapterConfig", "PTuningConfig", "PromptTuningConfig", "TrainableParamsCheckPoint",
            "TrainableSummary", "TrainingGuard",
            "check_shard_strategies", "config_from_dict", "freeze_delta", "freeze_from_config", "freeze_modules",

@@ -4,7 +4,8 @@
 and ``bench/`` read these lists instead of keeping their own. A new method adds its folder under
 ``mindpet/delta/`` (cells, config, and a ``METHOD`` record) and one line to ``METHODS``.
 """
-from mindpet.delta import adapter, bitfit, ia3, lora, low_rank_adapter, prefix, prompt_tuning, ptuning, ptuning2
+from mindpet.delta import (adalora, adapter, bitfit, ia3, lora, low_rank_adapter, prefix, prompt_tuning, ptuning,
+                           ptuning2)
 from mindpet.injection.hosts import MINDFORMERS_LINEAR, NN_DENSE
 from mindpet.quantization.layer import NF4_DENSE
 from mindpet.utils.validation import argument_error, check_str
@@ -19,6 +20,7 @@ METHODS = (
     ia3.METHOD,
     prompt_tuning.METHOD,
     ptuning.METHOD,
+    adalora.METHOD,
 )
 
 # The base-cell hook: a layer of one of these kinds can host an injected method.

@@ -17,6 +17,7 @@ from mindspore import nn
 from virtual_token_helpers import SEQ_LENGTH, VOCAB, WIDTH, SteeredModel
 
 from mindpet import (
+    AdaLoraConfig,
     AdapterConfig,
     IA3Config,
     LoraConfig,
@@ -127,7 +128,9 @@ def _delta_net(method):
                                      rank_pattern={"mlp.0": 3}, modules_to_save=["head"]),
                   "adapter": AdapterConfig(target_modules=["v_proj"], bottleneck_size=3),
                   "low_rank_adapter": LowRankAdapterConfig(target_modules=["o_proj"], reduction_factor=4),
-                  "ia3": IA3Config(target_modules=["k_proj", "mlp.0", "mlp.1"], feedforward_modules=["mlp.1"])}[method]
+                  "ia3": IA3Config(target_modules=["k_proj", "mlp.0", "mlp.1"], feedforward_modules=["mlp.1"]),
+                  "adalora": AdaLoraConfig(target_modules=["q_proj", "mlp.0"], init_r=3, total_step=10,
+                                           target_r=2)}[method]
         get_delta_model(trained, config)
     _randomize(trained.trainable_params(), seed=3)
     return trained, _tiny

@@ -22,6 +22,8 @@ MODULES_WITH_EXAMPLES = {
     "mindpet.delta.prompt_tuning.layer", "mindpet.delta.prompt_tuning.config", "mindpet.delta.ptuning.layer",
     "mindpet.delta.ptuning.config", "mindpet.delta.base.virtual_tokens",
     "mindpet.quantization.nf4", "mindpet.quantization.layer", "mindpet.quantization.apply",
+    "mindpet.delta.adalora.layer", "mindpet.delta.adalora.config", "mindpet.delta.adalora.train",
+    "mindpet.delta.adalora.callback",
 }
 
 

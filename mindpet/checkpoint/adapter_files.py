@@ -151,6 +151,8 @@ def delta_file_contents(network, key_map, owner):
         if is_delta:
             cell = delta.cells[tensor.module]
             settings = fmt.cell_settings(cell) if fmt.cell_settings and cell is not None else {}
+            if fmt.file_values is not None and cell is not None:
+                values = fmt.file_values(cell, tensor.local, values)
             values = values.reshape(fmt.file_shape(tensor.local, values.shape, settings))
         tensors[key] = values
         sources[key] = tensor.param.name
@@ -351,6 +353,8 @@ def _assign(network, files, method, entries, strict, owner):
         if np.issubdtype(values.dtype, np.floating) != (param.dtype in mstype.float_type):
             raise ValueError(f"For '{owner}', the tensor {quote_value(entry.key)} has dtype {values.dtype}, but the "
                              f"parameter {quote_value(entry.name)} is {param.dtype}.")
+        if entry.is_delta and fmt.cell_values is not None:
+            values = fmt.cell_values(entry.local, values, tuple(param.shape))
         assignments.append((param, values.reshape(param.shape)))
     for param, values in assignments:
         param.set_data(Tensor(values, param.dtype))

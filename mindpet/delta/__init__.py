@@ -2,6 +2,7 @@
 
 The public cells are imported here; configs and the functions that apply them are exported from :mod:`mindpet`.
 """
+from mindpet.delta.adalora import AdaLoRADense
 from mindpet.delta.adapter import AdapterDense, AdapterLayer
 from mindpet.delta.base.virtual_tokens import prepend_virtual_tokens
 from mindpet.delta.ia3 import IA3Dense
@@ -16,6 +17,6 @@ from mindpet.delta.r_drop import RDropLoss, rdrop_repeat
 from mindpet.injection.merge import merge_and_unload
 from mindpet.quantization.layer import NF4Dense
 
-__all__ = ["AdapterDense", "AdapterLayer", "IA3Dense", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer",
+__all__ = ["AdaLoRADense", "AdapterDense", "AdapterLayer", "IA3Dense", "LoRADense", "LowRankAdapterDense", "LowRankAdapterLayer",
            "NF4Dense", "PrefixConcat", "PrefixEncoder", "PrefixLayer", "PromptEncoder", "PromptTuningEmbedding",
            "RDropLoss", "merge_and_unload", "prepend_virtual_tokens", "rdrop_repeat"]

@@ -9,12 +9,15 @@ DELTA_PREFIX = "mindpet_delta_"
 
 # State that a delta cell keeps as a Parameter beside its delta but never trains, so it is not named
 # ``mindpet_delta_<method>_*`` (freeze_delta would make it trainable): LoRADense's branch scale, DoRA's merge gate and
-# the factor a DoRA merge applied (unmerge divides it out), and IA3's merge gate.
+# the factor a DoRA merge applied (unmerge divides it out), IA3's merge gate, AdaLoRA's branch scale and rank mask.
 LORA_BRANCH_SCALE = "lora_branch_scale"
 DORA_GATE = "lora_magnitude_gate"
 DORA_MERGED_FACTOR = "lora_magnitude_merged_factor"
 IA3_GATE = "ia3_scale_gate"
-DELTA_STATE_NAMES = (LORA_BRANCH_SCALE, DORA_GATE, DORA_MERGED_FACTOR, IA3_GATE)
+ADALORA_BRANCH_SCALE = "adalora_branch_scale"
+ADALORA_RANK_MASK = "adalora_rank_mask"
+DELTA_STATE_NAMES = (LORA_BRANCH_SCALE, DORA_GATE, DORA_MERGED_FACTOR, IA3_GATE, ADALORA_BRANCH_SCALE,
+                     ADALORA_RANK_MASK)
 
 
 def delta_attr_name(method, role):

@@ -90,6 +90,12 @@ class AdapterFormat:
             ``settings`` what `target_settings` gave. ``mindpet merge`` uses it; None: not mergeable from files.
         pattern_fields (tuple[str]): JSON fields that map a module path (or a regular expression) to a value, such
             as LoRA's ``rank_pattern``; ``mindpet convert --key-map`` maps their exact-path keys with the tensors'.
+        file_values (Callable, optional): ``file_values(cell, local, values) -> values``, what the file stores of the
+            cell's parameter ``local`` (NumPy ``values``) when that is not the whole parameter: AdaLoRA writes only
+            the triplets its rank mask kept, as PEFT does. Default: the values as they are.
+        cell_values (Callable, optional): ``cell_values(local, values, shape) -> values``, the reverse on loading:
+            the parameter's values of ``shape`` from the file's, when the file holds fewer (AdaLoRA: a module PEFT
+            pruned to rank 0 becomes one zero triplet). Default: ``values`` reshaped to ``shape``.
     """
 
     peft_type: str
@@ -105,6 +111,8 @@ class AdapterFormat:
     required_values: Mapping = dataclasses.field(default_factory=dict)
     fold: Optional[Callable] = None
     pattern_fields: tuple = ()
+    file_values: Optional[Callable] = None
+    cell_values: Optional[Callable] = None
 
     @property
     def foldable(self):
