@@ -32,7 +32,7 @@ NUM_LABELS = 2
 TINY_CONFIG = BertConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position_embeddings=64)
 TINY_OPTIONS = {"lora_rank": 4, "bottleneck_size": 8, "reduction_factor": 4, "pre_seq_len": 3, "num_virtual_tokens": 3,
                 "prompt_tuning_init": "TEXT", "prompt_tuning_init_token_ids": [101, 2023, 102],
-                "encoder_hidden_size": 8, "quant_block_size": 16}
+                "encoder_hidden_size": 8, "quant_block_size": 16, "total_step": 4}
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,8 @@ def test_tiny_finetune_saves_and_reloads_delta(method, tiny_data, tiny_base_weig
                                         output_dir=str(tmp_path), rdrop_alpha=rdrop_alpha, print_every=0)
     assert len(step_seconds) == 4
     after = {param.name: param.asnumpy() for param in net.get_parameters()}
-    frozen = [name for name in before if name not in trainable]
+    # AdaLoRA's allocator sets its frozen rank masks at the final phase; everything else frozen stays.
+    frozen = [name for name in before if name not in trainable and not name.endswith(".adalora_rank_mask")]
     assert all(np.array_equal(before[name], after[name]) for name in frozen)
     assert any(not np.array_equal(before[name], after[name]) for name in trainable)
     assert sorted(ms.load_checkpoint(delta_path)) == trainable
@@ -221,7 +222,8 @@ def test_tiny_finetune_saves_and_reloads_delta(method, tiny_data, tiny_base_weig
     assert load_delta_checkpoint(fresh, delta_path) == ([], [])
     np.testing.assert_array_equal(predict(fresh, eval_data, batch_size=4), logits)
     fresh_params = {param.name: param.asnumpy() for param in fresh.get_parameters()}
-    assert all(np.array_equal(fresh_params[name], after[name]) for name in after)
+    # The checkpoint holds the trained parameters; AdaLoRA's pruned singular values are in it as zeros, its masks not.
+    assert all(np.array_equal(fresh_params[name], after[name]) for name in frozen + trainable)
 
 
 @pytest.mark.parametrize("module", [bert.modeling, bert.methods, bert.weights, bert.data])

@@ -22,7 +22,9 @@ held-out snippets, about 4 minutes on 2 CPU cores)::
 ``--method qlora`` quantizes every Dense layer of the encoder to NF4 (``quantize_base``) before LoRA goes on query and
 value; the run records the bytes of the encoder's frozen Dense weights (``base_weight_bytes``) for every method.
 ``--method lora_rdrop`` trains LoRA with the R-Drop loss (``RDropLoss`` on ``rdrop_repeat``-ed batches): every
-step runs the forward pass on twice the batch.
+step runs the forward pass on twice the batch. ``--method adalora`` trains AdaLoRA (rank 12 pruned to an average of 8
+on query and value) with its recipe: ``AdaLoraOrthogonalLoss``, ``AdaLoraTrainOneStepCell`` and ``AdaLoraCallback``;
+its result line records the final rank of each layer (``final_ranks``).
 
 Two runs with the same ``--seed`` differ slightly unless ``--deterministic`` is given (see
 :func:`make_deterministic`); with it they are bit-identical, and slower.
@@ -49,8 +51,9 @@ from bert.data import encode_reviews, load_tokenizer, read_reviews, split_review
 from bert.methods import METHODS, QUANT_BLOCK_SIZE, apply_method, model_options  # noqa: E402
 from bert.modeling import BertClassifier, BertConfig  # noqa: E402
 from bert.weights import load_pretrained, model_file, read_pretrained  # noqa: E402
-from mindpet import TrainableParamsCheckPoint, load_delta_checkpoint, trainable_summary  # noqa: E402
+from mindpet import AdaLoraCallback, TrainableParamsCheckPoint, load_delta_checkpoint, trainable_summary  # noqa: E402
 from mindpet.delta import RDropLoss, rdrop_repeat  # noqa: E402
+from mindpet.delta.adalora import AdaLoraOrthogonalLoss, AdaLoraTrainOneStepCell  # noqa: E402
 
 NUM_LABELS = 2
 # In GRAPH mode each evaluated network compiles a graph whose memory grows with the batch: on MiniLM about 160 MB
@@ -59,10 +62,10 @@ EVAL_BATCH_SIZE = 16
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 WARMUP_SHARE = 0.1
 # The better peak learning rate of each method's two-rate grid (docs/results.md); for rslora, dora and ia3 the first
-# rate of their grid (run_grid.py), as their second rates have not been run yet.
+# rate of their grid (run_grid.py), as their second rates have not been run yet; AdaLoRA at LoRA's rate.
 DEFAULT_LRS = {"full": 5e-5, "frozen_head": 3e-3, "lora": 1e-3, "lora_rdrop": 1e-3, "adapter": 1e-3,
                "low_rank_adapter": 1e-3, "bitfit": 1e-3, "ptuning2": 1e-2, "qlora": 1e-3, "prompt_tuning": 1e-2,
-               "ptuning": 3e-3, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3}
+               "ptuning": 3e-3, "rslora": 5e-4, "dora": 1e-3, "ia3": 3e-3, "adalora": 1e-3}
 # Prompt tuning's default init text: a short description of the task, whose word embeddings start the prompt.
 PROMPT_INIT_TEXT = "Is this movie review positive or negative?"
 
@@ -157,13 +160,22 @@ def train(net, method, train_data, lr, epochs, batch_size, seed, output_dir, rdr
     total_steps = epochs * steps_per_epoch
     optimizer = nn.AdamWeightDecay(net.trainable_params(), Tensor(warmup_linear_decay(lr, total_steps)),
                                    weight_decay=0.0)
-    model = Model(ClassifierWithLoss(net, rdrop_alpha), optimizer=optimizer)
+    network = ClassifierWithLoss(net, rdrop_alpha)
+    model, allocator = Model(network, optimizer=optimizer), []
+    if method == "adalora":
+        # AdaLoRA's recipe: the orthogonality penalty joins the loss, the training cell tracks the importance in the
+        # graph, and the callback reallocates the rank budget (docs/adalora.md).
+        config = net.delta_configs["adalora"]
+        allocator = [AdaLoraCallback(net, config)]
+        model = Model(AdaLoraTrainOneStepCell(AdaLoraOrthogonalLoss(network, config.orth_reg_weight), optimizer,
+                                              allocator[0]))
     os.makedirs(output_dir, exist_ok=True)
     delta_saver = TrainableParamsCheckPoint(
         prefix=f"{method}_lr{lr:g}_seed{seed}", directory=output_dir,
         config=CheckpointConfig(save_checkpoint_steps=total_steps, keep_checkpoint_max=1))
     timer = StepTimer()
-    callbacks = [delta_saver, LossMonitor(per_print_times=print_every), TimeMonitor(data_size=steps_per_epoch), timer]
+    callbacks = allocator + [delta_saver, LossMonitor(per_print_times=print_every),
+                             TimeMonitor(data_size=steps_per_epoch), timer]
     start = time.perf_counter()
     model.train(epochs, dataset, callbacks=callbacks, dataset_sink_mode=False)
     return delta_saver.latest_ckpt_file_name, timer.step_seconds, time.perf_counter() - start
@@ -324,7 +336,8 @@ def main(argv=None):
     config = BertConfig.from_json(model_file("config.json"))
 
     # The pretrained tensors are read again for the reload check rather than kept: 90 MB less during training.
-    net, _ = build_model(config, args.method, read_pretrained(), **method_options(args, tokenizer))
+    options = {**method_options(args, tokenizer), "total_step": args.epochs * (len(train_data) // args.batch_size)}
+    net, _ = build_model(config, args.method, read_pretrained(), **options)
     summary = trainable_summary(net)
     trainable, total = summary.trainable, summary.total
     print(f"method {args.method}: {summary}; the encoder's frozen Dense weights take "
@@ -343,11 +356,13 @@ def main(argv=None):
               "mode": args.mode, "deterministic": args.deterministic, "epochs": args.epochs,
               "batch_size": args.batch_size,
               "num_train": args.num_train, "num_eval": args.num_eval, "max_length": args.max_length}
+    if args.method == "adalora":
+        result["final_ranks"] = net.delta_configs["adalora"].final_ranks()
     print(f"held-out accuracy {acc:.4f} on {len(eval_data)} snippets; {result['trainable_percent']:.2f}% "
           f"trainable; delta checkpoint {result['delta_path']} ({result['delta_bytes'] / 1e6:.2f} MB)")
 
     if not args.skip_reload:
-        fresh, _ = build_model(config, args.method, read_pretrained(), **method_options(args, tokenizer))
+        fresh, _ = build_model(config, args.method, read_pretrained(), **options)
         check_reload(fresh, delta_path, eval_data, logits, args.eval_batch_size, result)
 
     return finish_run(result, args)

@@ -31,9 +31,10 @@ HEAD = "classifier"
 BASELINES = ("full", "frozen_head")
 # Where each injectable mindpet method goes in BERT: LoRA on the query and value projections (Hu et al.), the
 # adapters after the attention output and the feed-forward output projections (Houlsby et al.), (IA)^3 on the key and
-# value projections and both output projections, as PEFT's BERT default (its entry 'output.dense' names both).
+# value projections and both output projections, as PEFT's BERT default (its entry 'output.dense' names both);
+# AdaLoRA where LoRA goes.
 TARGETS = {"lora": ["query", "value"], "adapter": ["output.dense"], "low_rank_adapter": ["output.dense"],
-           "ia3": ["key", "value", "output.dense"]}
+           "ia3": ["key", "value", "output.dense"], "adalora": ["query", "value"]}
 # Methods built into the model source, then frozen with freeze_delta.
 MODEL_SIDE = ("bitfit", "ptuning2")
 # Methods whose cell goes into the embeddings hook, then frozen with freeze_delta.
@@ -44,7 +45,9 @@ VARIANTS = {"lora_rdrop": "lora", "rslora": "lora", "dora": "lora", "qlora": "lo
 # Config fields each method or variant fixes: the LoRA options, and (IA)^3's feed-forward layers (PEFT's BERT
 # default: the output projections rescale their input).
 FIXED_OPTIONS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True},
-                 "ia3": {"feedforward_modules": ["output.dense"]}}
+                 "ia3": {"feedforward_modules": ["output.dense"]},
+                 # AdaLoRA starts at rank 12 and ends at an average rank of 8: LoRA r=8's budget.
+                 "adalora": {"init_r": 12, "target_r": 8}}
 # QLoRA's base: every Dense layer of the encoder (the query, key, value and attention-output projections, the
 # feed-forward up- and down-projections) is stored in NF4; the embeddings, LayerNorms and the classifier head stay
 # float32. LoRA then goes on query and value, as for 'lora'.
@@ -53,6 +56,14 @@ QUANTIZED_BASE = {"qlora": ["query", "key", "value", "output.dense", "intermedia
 QUANT_BLOCK_SIZE = 64
 METHODS = BASELINES + tuple(name for name in method_names()
                              if name in TARGETS or name in MODEL_SIDE or name in VIRTUAL_TOKENS) + tuple(VARIANTS)
+
+
+def adalora_schedule(total_step):
+    """AdaLoRA's schedule for a run of ``total_step`` steps: the first 10% train all 12 ranks, so that the
+    importance (zero while the singular values still are) has something to measure; the budget is then reallocated
+    every ~3% of the run; the last 20% train the final pattern (150 steps: tinit 15, deltaT 5, tfinal 30)."""
+    return {"total_step": total_step, "tinit": total_step // 10, "tfinal": total_step // 5,
+            "deltaT": max(1, total_step // 30)}
 
 
 def model_options(method, pre_seq_len=16):
@@ -78,7 +89,8 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
         head (str, optional): The task head, trained by every method; None when the network has none.
             Default: ``'classifier'``.
         **hyperparameters: Config fields, such as ``lora_rank`` or ``bottleneck_size``; for ``'qlora'`` also
-            ``quant_block_size`` (default :data:`QUANT_BLOCK_SIZE`).
+            ``quant_block_size`` (default :data:`QUANT_BLOCK_SIZE`); ``'adalora'`` needs ``total_step``, from which
+            :func:`adalora_schedule` derives the rest of its schedule.
 
     Returns:
         list[str], the sorted names of the trainable parameters.
@@ -107,6 +119,8 @@ def apply_method(net, method, target_modules=None, head=HEAD, **hyperparameters)
         net.set_virtual_tokens(config.make_cell(embedding=word_embeddings) if config.method == "prompt_tuning"
                                and config.prompt_tuning_init == "TEXT" else config.make_cell())
         return freeze_delta(net, mode=record.name, exclude=head_patterns)
+    if record.name == "adalora" and "total_step" in options:
+        options = {**adalora_schedule(options["total_step"]), **options}
     options.update(FIXED_OPTIONS.get(method, {}))
     config = record.config_class(target_modules=target_modules or TARGETS[record.name],
                                  modules_to_save=[head] if head else None, **options)

@@ -35,6 +35,7 @@ LR_GRID = {
     "rslora": (5e-4, 1e-3),
     "dora": (1e-3, 2e-3),
     "ia3": (3e-3, 1e-2),
+    "adalora": (1e-3, 2e-3),
 }
 # Short runs for timing: 20 steps, little to evaluate.
 TIMING_ARGS = ["--epochs", "1", "--num-train", "640", "--num-eval", "100"]
