@@ -38,7 +38,7 @@ def test_every_page_is_checked():
     pages_with_code = {os.path.basename(page) for page in PAGES if runnable_blocks(page)}
     assert {"lora.md", "adapter.md", "low_rank_adapter.md", "prefix.md", "ptuning2.md", "r_drop.md",
             "bitfit.md", "freeze.md", "checkpoint.md", "injection.md", "README.md", "prompt_tuning.md",
-            "ptuning.md"} <= pages_with_code
+            "ptuning.md", "adalora.md"} <= pages_with_code
 
 
 # Every text a user reads for installation; the package named mindpet on PyPI is MindPet 1.0.4, not this one.
