@@ -16,7 +16,8 @@ from mindspore.graph import api as graph_api
 from mindspore.train import Callback, Model, RunContext
 from mindspore.train.callback import _InternalCallbackParam  # pylint: disable=protected-access
 
-from mindpet import AdaLoraCallback, AdaLoraConfig, get_delta_model, load_delta, plan_delta, save_delta
+from mindpet import (AdaLoraCallback, AdaLoraConfig, get_delta_model, load_delta, merge_and_unload, plan_delta,
+                     quantize_base, save_delta)
 from mindpet.checkpoint.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors
 from mindpet.cli import EXIT_OK, main
@@ -506,3 +507,23 @@ def test_peft_trained_file_loads_into_mindpet(tmp_path, pynative):
     assert {path: cell.lora_rank for path, cell in adalora_cells(fresh)} == \
         {key[:-len(".lora_E")]: max(rank, 1) for key, rank in ranks.items()}
     np.testing.assert_allclose(fresh(_inputs()).asnumpy(), _torch_out(model.eval()), rtol=1e-5, atol=1e-5)
+
+
+def test_on_an_nf4_base_it_computes_and_merges(pynative):
+    net = nn.SequentialCell([nn.Dense(64, 32), nn.ReLU(), nn.Dense(32, 4)])
+    quantize_base(net, ["0"], block_size=16)
+    get_delta_model(net, AdaLoraConfig(target_modules=["0"], init_r=4, target_r=2, total_step=10))
+    cell = net[0]
+    assert isinstance(cell, AdaLoRADense) and cell.weight_quantized
+    rng = np.random.default_rng(6)
+    cell.mindpet_delta_adalora_e.set_data(ms.Tensor(rng.normal(size=(4, 1)).astype(np.float32)))
+    cell.mindpet_delta_adalora_q.set_data(ms.Tensor(rng.normal(size=(32, 4)).astype(np.float32)))
+    x = ms.Tensor(rng.normal(size=(3, 64)).astype(np.float32))
+    hidden = x.asnumpy() @ cell.base_weight_array().T + cell.bias.asnumpy() + 2 * (
+        x.asnumpy() @ (cell.mindpet_delta_adalora_e.asnumpy() * cell.mindpet_delta_adalora_p.asnumpy()).T
+        @ cell.mindpet_delta_adalora_q.asnumpy().T)
+    expected = np.maximum(hidden, 0) @ net[2].weight.asnumpy().T + net[2].bias.asnumpy()
+    np.testing.assert_allclose(net(x).asnumpy(), expected, rtol=1e-4, atol=1e-4)
+    merged = merge_and_unload(net)
+    assert type(merged[0]) is nn.Dense
+    np.testing.assert_allclose(merged(x).asnumpy(), expected, rtol=1e-4, atol=1e-4)
