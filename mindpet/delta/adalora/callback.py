@@ -5,7 +5,7 @@ from mindspore.train import Callback
 
 from mindpet.delta.adalora.config import AdaLoraConfig
 from mindpet.delta.adalora.layer import ADALORA_E
-from mindpet.delta.adalora.train import TRACKED, _require_cells
+from mindpet.delta.adalora.train import TRACKED, require_adalora_cells
 from mindpet.utils.logger import logger
 from mindpet.utils.validation import argument_error
 
@@ -86,7 +86,7 @@ class AdaLoraCallback(Callback):
         if not isinstance(config, AdaLoraConfig):
             raise argument_error(TypeError, owner, "config", "an AdaLoraConfig", config)
         self.config = config.validate()
-        cells = _require_cells(network, owner)
+        cells = require_adalora_cells(network, owner)
         wrong = [(path, cell.lora_rank) for path, cell in cells if cell.lora_rank != config.init_r]
         if wrong:
             raise argument_error(ValueError, owner, "network", f"AdaLoRA cells of rank init_r={config.init_r} "

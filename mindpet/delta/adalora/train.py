@@ -20,7 +20,8 @@ def adalora_cells(network):
     return [(path, cell) for path, cell in network.cells_and_names() if isinstance(cell, AdaLoRADense)]
 
 
-def _require_cells(network, owner):
+def require_adalora_cells(network, owner):
+    """:func:`adalora_cells`, or ValueError naming ``owner`` when there are none."""
     cells = adalora_cells(network)
     if not cells:
         raise argument_error(ValueError, owner, "network", "a network holding AdaLoRADense cells (inject them with "
@@ -87,7 +88,7 @@ class AdaLoraTrainOneStepCell(nn.TrainOneStepCell):
         if not isinstance(allocator, AdaLoraCallback):
             raise argument_error(TypeError, owner, "allocator", "a mindpet.AdaLoraCallback", allocator)
         super().__init__(network, optimizer, check_finite_number(sens, "sens", owner))
-        cells = _require_cells(network, owner)
+        cells = require_adalora_cells(network, owner)
         position = {id(param): index for index, param in enumerate(self.weights)}
         untrained = [getattr(cell, name).name for _, cell in cells for name in TRACKED
                      if id(getattr(cell, name)) not in position]
@@ -188,7 +189,7 @@ class AdaLoraOrthogonalLoss(nn.Cell):
             raise argument_error(ValueError, owner, "orth_reg_weight", "a number >= 0", orth_reg_weight)
         self.network = network
         self.orth_reg_weight = weight
-        cells = _require_cells(network, owner)
+        cells = require_adalora_cells(network, owner)
         self.right = ParameterTuple(getattr(cell, ADALORA_P) for _, cell in cells)
         self.left = ParameterTuple(getattr(cell, ADALORA_Q) for _, cell in cells)
         self.identities = tuple(Tensor(np.eye(cell.lora_rank), mstype.float32) for _, cell in cells)
