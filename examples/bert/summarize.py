@@ -20,8 +20,8 @@ import numpy as np
 
 # Methods whose step time and memory are compared with LoRA's in their own back-to-back runs.
 PAIRED_WITH_LORA = ("qlora",)
-METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "qlora", "adapter", "low_rank_adapter",
-                "ia3", "bitfit", "ptuning2", "prompt_tuning", "ptuning")
+METHOD_ORDER = ("full", "frozen_head", "lora", "lora_rdrop", "rslora", "dora", "qlora", "adalora", "adapter",
+                "low_rank_adapter", "ia3", "bitfit", "ptuning2", "prompt_tuning", "ptuning")
 
 
 def read_runs(path):
