@@ -178,7 +178,7 @@ def test_freeze_modules_patterns_are_case_sensitive():
 
 
 @pytest.mark.parametrize("call, error, pattern", [
-    (lambda net: freeze_delta(net, "foo"), ValueError, r"'mode' must be one of \['adapter', 'bitfit'.*'foo'"),
+    (lambda net: freeze_delta(net, "foo"), ValueError, r"'mode' must be one of \['adalora', 'adapter', 'bitfit'.*'foo'"),
     (lambda net: freeze_delta(net, 3), TypeError, r"'mode' must be a str, but got 3"),
     (lambda net: freeze_delta(net, "lora", include="*head*"), TypeError, r"'include' must be a list of str"),
     (lambda net: freeze_delta(net, "lora", exclude=[]), ValueError, r"'exclude' must be a non-empty list"),
