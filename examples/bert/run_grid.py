@@ -2,8 +2,8 @@
 
 Each run is its own process (``finetune.py``), so its peak memory is its own, and runs go one at a time. For each
 method: every learning rate of its grid on the first seed, and the best of them (highest held-out accuracy, the
-lower rate on a tie) on every further seed. Every method gets the same budget: the same number of rates, steps,
-batches and seeds. A short LoRA run in GRAPH and in PYNATIVE mode compares their step times, and short runs of
+lower rate on a tie) on every further seed. Every method gets the same budget: the same number of rates (AdaLoRA
+one more, see ``LR_GRID``), steps, batches and seeds. A short LoRA run in GRAPH and in PYNATIVE mode compares their step times, and short runs of
 every method, back to back, compare theirs.
 Results are appended as JSON lines to ``--results``; runs already there are skipped, so the grid can resume.
 
@@ -35,7 +35,9 @@ LR_GRID = {
     "rslora": (5e-4, 1e-3),
     "dora": (1e-3, 2e-3),
     "ia3": (3e-3, 1e-2),
-    "adalora": (1e-3, 2e-3),
+    # LoRA's two rates, and a third: at the same rate AdaLoRA's update grows about ten times slower under Adam (its
+    # singular values start at 0, the penalty holds P and Q orthonormal), and 150 steps are short (docs/adalora.md).
+    "adalora": (1e-3, 2e-3, 1e-2),
 }
 # Short runs for timing: 20 steps, little to evaluate.
 TIMING_ARGS = ["--epochs", "1", "--num-train", "640", "--num-eval", "100"]
