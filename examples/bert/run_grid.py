@@ -35,8 +35,8 @@ LR_GRID = {
     "rslora": (5e-4, 1e-3),
     "dora": (1e-3, 2e-3),
     "ia3": (3e-3, 1e-2),
-    # LoRA's two rates, and a third: at the same rate AdaLoRA's update grows about ten times slower under Adam (its
-    # singular values start at 0, the penalty holds P and Q orthonormal), and 150 steps are short (docs/adalora.md).
+    # LoRA's two rates, and a third: at the same rate AdaLoRA's update grows far slower under Adam (it grows through
+    # its singular values, which start at 0, while the penalty holds P and Q orthonormal; docs/results.md).
     "adalora": (1e-3, 2e-3, 1e-2),
 }
 # Short runs for timing: 20 steps, little to evaluate.
