@@ -162,7 +162,7 @@ def test_merge_failures(lora_files, capsys, tmp_path):
     adapter_net = get_delta_model(_tiny(), AdapterConfig(target_modules=["v_proj"], bottleneck_size=4))
     other = save_delta(adapter_net, str(tmp_path / "bottleneck"))
     status, _, err = _run(["merge", "--base", base, "--delta", other, "--out", str(folder / "m.ckpt")], capsys)
-    assert status == EXIT_FAILURE and "does not fold" in err and "only ['lora', 'ia3'] do" in err
+    assert status == EXIT_FAILURE and "does not fold" in err and "only ['lora', 'ia3', 'adalora'] do" in err
     status, _, err = _run(["merge", "--delta", adapter], capsys)
     assert status == EXIT_USAGE and "--base" in err
 
