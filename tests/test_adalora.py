@@ -398,6 +398,18 @@ def test_schedule_warnings(caplog, pynative):
     assert config.rank_pattern is None
 
 
+def test_sink_size_that_does_not_divide_delta_t_is_reported(caplog):
+    net, config = _adalora_net(deltaT=3)
+    _, allocator = _train_cell(net, config)
+    params = _InternalCallbackParam()
+    params.epoch_num, params.batch_num, params.cur_step_num = 6, 4, 0
+    params.dataset_sink_mode, params.sink_size = True, 4
+    with caplog.at_level(logging.WARNING, logger="mindpet"):
+        allocator.on_train_begin(RunContext(params))
+    assert "sink_size 4 does not divide deltaT 3" in caplog.text
+    assert "config.total_step" not in caplog.text
+
+
 # --- adapter files and truncation ---------------------------------------------------------------------------------
 
 def _inputs():
