@@ -362,7 +362,7 @@ def test_plain_training_is_refused(mode, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sink", [False, True], ids=["no_sink", "sink"])
-def test_training_without_the_callback_is_refused(sink, tmp_path, monkeypatch):
+def test_training_without_the_callback_is_refused(sink, mode, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     net, config = _adalora_net()
     train_cell, _ = _train_cell(net, config)
