@@ -16,8 +16,9 @@ from mindspore.graph import api as graph_api
 from mindspore.train import Callback, Model, RunContext
 from mindspore.train.callback import _InternalCallbackParam  # pylint: disable=protected-access
 
-from mindpet import (AdaLoraCallback, AdaLoraConfig, get_delta_model, load_delta, merge_and_unload, plan_delta,
-                     quantize_base, save_delta)
+from injection_models import TinyNet
+from mindpet import (AdaLoraCallback, AdaLoraConfig, check_shard_strategies, get_delta_model, load_delta,
+                     merge_and_unload, plan_delta, quantize_base, save_delta)
 from mindpet.checkpoint.adapter_dir import CONFIG_FILE, WEIGHTS_FILE
 from mindpet.checkpoint.safetensors_file import read_safetensors, write_safetensors
 from mindpet.cli import EXIT_OK, main
@@ -539,3 +540,22 @@ def test_on_an_nf4_base_it_computes_and_merges(pynative):
     merged = merge_and_unload(net)
     assert type(merged[0]) is nn.Dense
     np.testing.assert_allclose(merged(x).asnumpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_injected_cells_follow_the_host_split_and_check_strategies():
+    network = TinyNet()
+    for path, cell in network.cells_and_names():
+        if path.endswith(("q_proj", "o_proj")):
+            cell.matmul.shard(((2, 1), (4, 1)))
+            cell.bias_add.shard(((2, 4), (4,)))
+    network = get_delta_model(network, AdaLoraConfig(target_modules=["q_proj", "o_proj"], init_r=4, total_step=10,
+                                                     target_r=2))
+    report = check_shard_strategies(network, device_num=8)
+    assert report.min_device_num == 8 and len(report.cells) == 4
+    cell = dict(network.cells_and_names())["layers.0.attn.o_proj"]
+    assert cell.lora_q_matmul.in_strategy == ((2, 1), (4, 1)) and cell.lora_add.in_strategy == ((2, 4), (2, 4))
+    assert cell.mask_mul.in_strategy == ((1, 1), (1, 1))
+    with pytest.raises(ValueError, match="'strategy_mask_mul' must split the singular-value column"):
+        cell.shard(strategy_mask_mul=((1, 2), (1, 2)))
+    with pytest.raises(ValueError, match="'strategy_lora_q_matmul' must split the flattened batch 2-way"):
+        cell.shard(strategy_lora_q_matmul=((4, 1), (4, 1)))

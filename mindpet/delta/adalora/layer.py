@@ -5,8 +5,18 @@ from mindspore import dtype as mstype
 from mindspore.common.initializer import Normal
 from mindspore.ops import operations as P
 
-from mindpet.delta.base.docs import with_dense_arguments
+from mindpet.delta.base.docs import shard_doc, with_dense_arguments
 from mindpet.delta.base.mergeable import MergeableDense
+from mindpet.parallel.plan import (
+    TOKENS,
+    Dim,
+    Operand,
+    OperatorPlan,
+    ShardValidated,
+    activation_op,
+    primitive_op,
+    strategy_arguments,
+)
 from mindpet.utils.naming import ADALORA_BRANCH_SCALE, ADALORA_RANK_MASK, delta_attr_name
 from mindpet.utils.param_init import make_parameter
 from mindpet.utils.validation import argument_error, check_nonzero_number, check_positive_int, check_rate
@@ -16,6 +26,8 @@ ADALORA_E = delta_attr_name("adalora", "e")
 ADALORA_Q = delta_attr_name("adalora", "q")
 # PEFT's initialisation: the singular vectors drawn from N(0, 0.02^2), the singular values at zero.
 _DEFAULT_VECTOR_INIT = Normal(sigma=0.02)
+# The singleton axis of the singular values (r, 1) and of the rank mask; a shard plan may not split it.
+_SINGLETON = Dim("the singular-value column", 1)
 
 
 def adalora_scaling(lora_alpha, init_r):
@@ -24,7 +36,7 @@ def adalora_scaling(lora_alpha, init_r):
 
 
 @with_dense_arguments
-class AdaLoRADense(MergeableDense):
+class AdaLoRADense(ShardValidated, MergeableDense):
     r"""A Dense layer with a trainable update in SVD form whose rank an allocator prunes during training, a drop-in
     replacement for ``nn.Dense``.
 
@@ -202,6 +214,55 @@ class AdaLoRADense(MergeableDense):
 
     def _set_branch_active(self, active):
         self.adalora_branch_scale.set_data(Tensor(self.scaling if active else 0.0, mstype.float32))
+
+    def shard(self, strategy_org_dense_matmul=None, strategy_org_bias_add=None, strategy_mask_mul=None,
+              strategy_singular_mul=None, strategy_lora_dropout=None, strategy_lora_p_matmul=None,
+              strategy_lora_q_matmul=None, strategy_lora_mul=None, strategy_lora_add=None, strategy_activation=None):
+        return self._accept_strategies(strategy_arguments(locals()))
+
+    shard.__doc__ = shard_doc("""
+            strategy_org_dense_matmul (tuple): ``x (N, in) @ weight (out, in)^T``, e.g. ``((dp, 1), (mp, 1))``.
+            strategy_org_bias_add (tuple): ``+ bias``, e.g. ``((dp, mp), (mp,))``.
+            strategy_mask_mul (tuple): ``E (r, 1) * m (r, 1)``, e.g. ``((1, 1), (1, 1))``.
+            strategy_singular_mul (tuple): ``P (r, in) * (E m) (r, 1)``, e.g. ``((1, 1), (1, 1))``.
+            strategy_lora_dropout (tuple): dropout on the branch input ``x``, e.g. ``((dp, 1),)``.
+            strategy_lora_p_matmul (tuple): ``x @ ((E m) * P) (r, in)^T``, e.g. ``((dp, 1), (1, 1))``.
+            strategy_lora_q_matmul (tuple): ``(N, r) @ Q (out, r)^T``, e.g. ``((dp, 1), (mp, 1))``.
+            strategy_lora_mul (tuple): the branch times its scale (a scalar), e.g. ``((dp, mp), ())``.
+            strategy_lora_add (tuple): the Dense output plus the branch, e.g. ``((dp, mp), (dp, mp))``.
+            strategy_activation (tuple): the activation input's layout, e.g. ``((dp, mp),)``.""",
+                              "``in_channels``, ``out_channels``, ``lora_rank``; the singular-value column is never "
+                              "split",
+                              "``N`` or ``out_channels`` unlike an earlier strategy (the branch is added to the Dense "
+                              "output)")
+
+    def _shard_plan(self):
+        """The Dense part and the branch ``dropout(x) ((E m) * P)^T Q^T * scale`` meet in ``lora_add``."""
+        in_dim, out_dim = self._channel_dims()
+        rank = Dim("lora_rank", self.lora_rank)
+        column = (rank, _SINGLETON)
+        update = (TOKENS, out_dim)
+        dense_ops, dense_output = self._dense_ops("strategy_org_dense_matmul", "strategy_org_bias_add")
+        ops = [*dense_ops,
+               primitive_op("strategy_mask_mul", self.mask_mul,
+                            (Operand(ADALORA_E, column), Operand(ADALORA_RANK_MASK, column)), "singular_values"),
+               primitive_op("strategy_singular_mul", self.singular_mul,
+                            (Operand(ADALORA_P, (rank, in_dim)), Operand("singular_values", column)), "right"),
+               primitive_op("strategy_lora_dropout", self.lora_dropout.dropout, (Operand("x", (TOKENS, in_dim)),),
+                            "lora_input"),
+               primitive_op("strategy_lora_p_matmul", self.lora_p_matmul,
+                            (Operand("lora_input", (TOKENS, in_dim)), Operand("right", (rank, in_dim))),
+                            "lora_hidden"),
+               primitive_op("strategy_lora_q_matmul", self.lora_q_matmul,
+                            (Operand("lora_hidden", (TOKENS, rank)), Operand(ADALORA_Q, (out_dim, rank))),
+                            "lora_update"),
+               primitive_op("strategy_lora_mul", self.lora_mul,
+                            (Operand("lora_update", update), Operand(ADALORA_BRANCH_SCALE, ())), "lora_scaled"),
+               primitive_op("strategy_lora_add", self.lora_add,
+                            (Operand(dense_output, update), Operand("lora_scaled", update)), "sum"),
+               activation_op("strategy_activation", self.activation, type(self).__name__, Operand("sum", update),
+                             "activated")]
+        return OperatorPlan(ops, tied=(TOKENS, out_dim))
 
     def extend_repr(self):
         return (f"{super().extend_repr()}, init_r={self.init_r}, lora_rank={self.lora_rank}, "
