@@ -357,9 +357,9 @@ def test_model_train_allocates_the_budget(sink, compile_counter, caplog):
 def test_plain_training_is_refused(mode, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     net, _ = _adalora_net()
-    model = Model(net, nn.MSELoss(), nn.Adam(net.trainable_params(), 0.01))
-    with pytest.raises(RuntimeError, match="training without importance tracking.*AdaLoraTrainOneStepCell"):
-        model.train(1, _dataset(), dataset_sink_mode=False)
+    # Model builds its training network, and sets it to train, already in its constructor.
+    with pytest.raises(RuntimeError, match="set to train without importance tracking.*AdaLoraTrainOneStepCell"):
+        Model(net, nn.MSELoss(), nn.Adam(net.trainable_params(), 0.01)).train(1, _dataset(), dataset_sink_mode=False)
 
 
 @pytest.mark.parametrize("sink", [False, True], ids=["no_sink", "sink"])
@@ -376,10 +376,11 @@ def test_training_without_the_callback_is_refused(sink, mode, tmp_path, monkeypa
 
 def test_callback_without_training_cell_is_refused(pynative):
     net, config = _adalora_net()
-    allocator = AdaLoraCallback(net, config)
-    model = Model(net, nn.MSELoss(), nn.Adam(net.trainable_params(), 0.01))
+    train_cell, _ = _train_cell(net, config)
+    # A second allocator for the same network: no training cell feeds it importance.
+    stray_allocator = AdaLoraCallback(net, config)
     with pytest.raises(RuntimeError, match="no AdaLoraTrainOneStepCell was built with this callback"):
-        model.train(1, _dataset(), callbacks=[allocator], dataset_sink_mode=False)
+        Model(train_cell).train(1, _dataset(), callbacks=[stray_allocator], dataset_sink_mode=False)
 
 
 @pytest.fixture

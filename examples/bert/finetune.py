@@ -161,7 +161,7 @@ def train(net, method, train_data, lr, epochs, batch_size, seed, output_dir, rdr
     optimizer = nn.AdamWeightDecay(net.trainable_params(), Tensor(warmup_linear_decay(lr, total_steps)),
                                    weight_decay=0.0)
     network = ClassifierWithLoss(net, rdrop_alpha)
-    model, allocator = Model(network, optimizer=optimizer), []
+    allocator = []
     if method == "adalora":
         # AdaLoRA's recipe: the orthogonality penalty joins the loss, the training cell tracks the importance in the
         # graph, and the callback reallocates the rank budget (docs/adalora.md).
@@ -169,6 +169,8 @@ def train(net, method, train_data, lr, epochs, batch_size, seed, output_dir, rdr
         allocator = [AdaLoraCallback(net, config)]
         model = Model(AdaLoraTrainOneStepCell(AdaLoraOrthogonalLoss(network, config.orth_reg_weight), optimizer,
                                               allocator[0]))
+    else:
+        model = Model(network, optimizer=optimizer)
     os.makedirs(output_dir, exist_ok=True)
     delta_saver = TrainableParamsCheckPoint(
         prefix=f"{method}_lr{lr:g}_seed{seed}", directory=output_dir,

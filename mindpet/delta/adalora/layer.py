@@ -54,8 +54,8 @@ class AdaLoRADense(ShardValidated, MergeableDense):
 
     The cell refuses to train on its own: a training step must update the importance of ``P``, ``E`` and ``Q``
     from their gradients, which only :class:`~mindpet.delta.adalora.AdaLoraTrainOneStepCell` does. Calling the cell
-    in training mode (``set_train(True)``, as ``Model.train`` does) outside that training cell raises RuntimeError
-    (at compile time in GRAPH mode); evaluation and inference are unaffected.
+    in training mode (``set_train(True)``, as ``Model`` does when it builds its training network) before that training
+    cell owns it raises RuntimeError, before any step runs; evaluation and inference are unaffected.
 
     :meth:`truncate` drops the pruned triplets for inference (shapes shrink, outputs stay the same); :meth:`merge`
     folds ``s Q ((E m) * P)`` into ``weight``. The branch scale lives in the non-trainable Parameter
@@ -83,7 +83,7 @@ class AdaLoRADense(ShardValidated, MergeableDense):
             ``compute_dtype`` is not float16 or float32; when called, ``x`` is not a float Tensor.
         ValueError: a size is <= 0 or ``lora_rank`` > ``init_r``; ``lora_alpha`` is 0, NaN or infinite;
             ``lora_dropout`` is outside [0, 1); an init Tensor has the wrong shape or a non-finite value.
-        RuntimeError: when called in training mode by anything but an AdaLoRA training cell.
+        RuntimeError: when set to train before an AdaLoRA training cell owns it.
 
     Examples:
         >>> import numpy as np
@@ -114,7 +114,7 @@ class AdaLoRADense(ShardValidated, MergeableDense):
         self.lora_alpha = check_nonzero_number(lora_alpha, "lora_alpha", owner)
         self.lora_dropout_rate = check_rate(lora_dropout, "lora_dropout", owner)
         self.scaling = adalora_scaling(self.lora_alpha, self.init_r)
-        # Set by AdaLoraTrainOneStepCell: a compile-time constant that lets the cell train.
+        # Set by AdaLoraTrainOneStepCell: only then may the cell be set to train.
         self.importance_tracked = False
 
         rank = self.lora_rank
@@ -137,12 +137,18 @@ class AdaLoRADense(ShardValidated, MergeableDense):
         self.lora_mul = P.Mul()
         self.lora_add = P.Add()
 
-    def construct(self, x):
-        if self.training and not self.importance_tracked:
-            raise RuntimeError(f"For '{type(self).__name__}', the cell is training without importance tracking: "
+    def add_flags(self, **flags):
+        # set_train(True), which Model.train calls before the first step, reaches every cell here: refusing now comes
+        # before any forward pass is recorded. (An exception raised inside a PYNATIVE forward under autodiff leaves
+        # MindSpore's grad executor broken for the rest of the process.)
+        if flags.get("training") and not getattr(self, "importance_tracked", False):
+            raise RuntimeError(f"For '{type(self).__name__}', the cell is set to train without importance tracking: "
                                f"AdaLoRA would silently train as plain LoRA. Train the network through "
                                f"mindpet.delta.adalora.AdaLoraTrainOneStepCell with mindpet.AdaLoraCallback "
                                f"(see docs/adalora.md).")
+        return super().add_flags(**flags)
+
+    def construct(self, x):
         input_shape = x.shape
         input_dtype = x.dtype
         x = self._to_compute(x)
