@@ -254,7 +254,7 @@ def load_gguf(path, max_position=None):
     config = config_from_gguf(reader, max_position)
     weights = model_weights(file_tensors(reader), config)
     tokenizer = ChatTokenizer.from_gguf(reader)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config, random_init=False)
     load_weights(model, weights)
     model.set_train(False)
     return model, tokenizer, config
