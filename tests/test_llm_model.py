@@ -172,10 +172,16 @@ def _greedy_reference(tensors, config, prompt, steps, **hooks):
     return sequence[len(prompt):]
 
 
-def test_generation_with_cache_equals_without_and_numpy(tiny):
+def test_generation_with_cache_equals_without_and_numpy(graph_mode, tiny):
     model, _, config, tensors = tiny
     prompt = [1, 40, 7, 99, 3]
+    compiled = set(model.compile_cache)
     cached = generate(model, prompt, max_new_tokens=8, prefill_bucket=4)
+    # GRAPH mode: one prefill graph and one decode graph, not one per token or per prompt length in the bucket.
+    assert len(model.compile_cache - compiled) == 2
+    compiled = set(model.compile_cache)
+    generate(model, prompt + [12], max_new_tokens=8, prefill_bucket=4)
+    assert model.compile_cache == compiled
     uncached = generate(model, prompt, max_new_tokens=8, use_cache=False, prefill_bucket=4)
     assert cached == uncached == _greedy_reference(tensors, config, prompt, 8)
     sampling = SamplingOptions(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=3)
