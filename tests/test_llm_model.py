@@ -129,6 +129,27 @@ def test_forward_matches_numpy_reference(mode, tiny):
         assert np.abs(logits[row] - expected).max() < TOLERANCE
 
 
+def test_same_names_and_logits_as_hugging_face_llama(tiny):
+    # The loaded weights under the same names give Hugging Face's Llama the same logits: the layout (q/k rows in
+    # rotate-half order, (out, in) matrices) is Hugging Face's, so PEFT adapters of these cells line up.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model, _, config, _ = tiny
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, max_position_embeddings=config.max_position,
+        rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=True)
+    hf_model = transformers.LlamaForCausalLM(hf_config).eval()
+    state = {name.replace("embed_tokens.embedding_table", "embed_tokens.weight"): torch.tensor(param.asnumpy())
+             for name, param in model.parameters_and_names()}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    hf_model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(BATCH, dtype=torch.long)).logits.numpy()
+    assert np.abs(model(ms.Tensor(BATCH)).asnumpy() - expected).max() < TOLERANCE
+
+
 def test_right_padding_and_masked_keys(mode, tiny):
     model, _, _, _ = tiny
     padded = BATCH.copy()
