@@ -15,7 +15,7 @@ from mindpet.delta import PrefixEncoder, PrefixLayer, PromptTuningEmbedding  # n
 from llm import generate as llm_generate  # noqa: E402
 from llm import gguf_loader, model as llm_model, numpy_reference, tokenizer as llm_tokenizer  # noqa: E402
 from llm.generate import SamplingOptions, generate  # noqa: E402
-from llm.model import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from llm.model import LlamaConfig  # noqa: E402
 from llm.tokenizer import ChatTokenizer  # noqa: E402
 
 TINY = LlamaConfig(vocab_size=0 + 3 + 256 + 6, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
