@@ -184,6 +184,11 @@ def test_cache_step_matches_full_forward(mode, tiny):
                                                  ms.Tensor(position, ms.int32))
         assert np.abs(logits.asnumpy()[:, 0] - full[:, position]).max() < TOLERANCE
     assert len(key_caches) == TINY.num_layers and key_caches[0].shape == (2, TINY.num_kv_heads, 16, TINY.head_dim)
+    with pytest.raises(ValueError, match="'attention_mask' is not used with key/value caches"):
+        model(ms.Tensor(BATCH[:, :1]), ms.Tensor(np.ones((2, 1)), ms.int32), ms.mutable(key_caches),
+              ms.mutable(value_caches), ms.Tensor(7, ms.int32))
+    with pytest.raises(ValueError, match="'cache_position' needs 'key_caches'"):
+        model(ms.Tensor(BATCH[:, :1]), None, None, None, ms.Tensor(7, ms.int32))
 
 
 def _greedy_reference(tensors, config, prompt, steps, **hooks):

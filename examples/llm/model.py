@@ -252,6 +252,11 @@ class LlamaModel(nn.Cell):
         self.prefix_encoder = None
 
     def construct(self, input_ids, attention_mask=None, key_caches=None, value_caches=None, cache_position=None):
+        if key_caches is not None and attention_mask is not None:
+            raise ValueError("For 'LlamaForCausalLM', 'attention_mask' is not used with key/value caches (the cache "
+                             "is causal and generates one sequence at a time); pass None.")
+        if key_caches is None and cache_position is not None:
+            raise ValueError("For 'LlamaForCausalLM', 'cache_position' needs 'key_caches' and 'value_caches'.")
         batch, seq_length = input_ids.shape
         hidden = self.embed_tokens(input_ids)
         starts_sequence = cache_position is None
@@ -339,6 +344,10 @@ class LlamaForCausalLM(nn.Cell):
           :math:`(batch, num\\_kv\\_heads, cache\\_length, head\\_dim)` tensor per layer. Default: ``None``.
         - **cache_position** (Tensor, optional) - int32 scalar: the position of the first token of `input_ids` when
           it continues a cached sequence. Default: ``None`` (the tokens start the sequence).
+
+    Raises:
+        ValueError: If `attention_mask` comes with caches, or `cache_position` without them (when the call is
+            traced, so at compile time in GRAPH mode).
 
     Outputs:
         float32 logits :math:`(batch, seq, vocab\\_size)`; with caches, the tuple ``(logits, key_caches,
