@@ -1,0 +1,1 @@
+"""A Llama causal LM (SmolLM2-135M-Instruct from its GGUF file) in MindSpore: model, loader, tokenizer, generation."""
