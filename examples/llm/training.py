@@ -121,31 +121,36 @@ def held_out_loss(net, examples, batch_size):
     return loss, math.exp(loss)
 
 
-def greedy_continuations(net, prompts, end_id, max_new_tokens, length):
-    """Greedy continuations of token-id prompts, all in one batch of fixed `length`, one compiled graph.
+def greedy_continuations(net, prompts, end_id, max_new_tokens, length, batch_size):
+    """Greedy continuations of token-id prompts, computed in batches of the evaluation shape.
 
-    Every step runs the whole right-padded batch and reads the logits at each prompt's last position; the causal
-    mask keeps the padding out of them. A continuation stops at `end_id` (not included) or after `max_new_tokens`.
+    Every step runs a right-padded ``(batch_size, length)`` batch, the shape :func:`held_out_loss` compiles, and
+    reads the logits at each prompt's last position; the causal mask keeps the padding out of them. Missing rows
+    repeat the first prompt. A continuation stops at `end_id` (not included) or after `max_new_tokens`.
 
     Returns:
         list[list[int]], the new token ids of each prompt.
 
     Raises:
-        ValueError: If a prompt plus `max_new_tokens` does not fit in `length`.
+        ValueError: If a prompt plus `max_new_tokens` does not fit in `length`, or there are more prompts than
+            `batch_size`.
     """
     longest = max(len(prompt) for prompt in prompts)
     if longest + max_new_tokens > length:
         raise ValueError(f"For 'greedy_continuations', prompts of up to {longest} tokens and {max_new_tokens} new "
                          f"tokens need 'length' >= {longest + max_new_tokens}, but got {length}.")
-    tokens = np.full((len(prompts), length), end_id, np.int32)
-    ends = np.array([len(prompt) for prompt in prompts])
-    for row, prompt in enumerate(prompts):
+    if len(prompts) > batch_size:
+        raise ValueError(f"For 'greedy_continuations', the argument 'batch_size' must be at least the number of "
+                         f"prompts ({len(prompts)}), but got {batch_size}.")
+    rows = list(prompts) + [prompts[0]] * (batch_size - len(prompts))
+    tokens = np.full((batch_size, length), end_id, np.int32)
+    ends = np.array([len(prompt) for prompt in rows])
+    for row, prompt in enumerate(rows):
         tokens[row, :len(prompt)] = prompt
     continuations = [[] for _ in prompts]
     running = np.ones(len(prompts), bool)
     for _ in range(max_new_tokens):
-        logits = logits_of(net, tokens)
-        next_ids = logits[np.arange(len(prompts)), ends - 1].argmax(axis=-1)
+        next_ids = logits_of(net, tokens)[np.arange(batch_size), ends - 1].argmax(axis=-1)
         for row in np.flatnonzero(running):
             if next_ids[row] == end_id:
                 running[row] = False
