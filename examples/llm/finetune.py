@@ -12,7 +12,7 @@ The steps, in order:
 6. The delta is saved with ``save_delta`` (an adapter directory; ``full`` keeps the checkpoint of step 4) and
    reloaded into a freshly built model, whose held-out logits must equal the trained model's.
 
-Run (defaults: LoRA r=8 on every projection, 60 steps of 4 examples of 64 tokens, 64 held-out examples)::
+Run (defaults: LoRA r=8 on every projection, 60 steps of 4 examples of 80 tokens, 64 held-out examples)::
 
     python examples/llm/finetune.py --method lora --result-json examples/llm/results/runs.jsonl
 
@@ -54,8 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=60, help="training steps; each example is seen once")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-eval", type=int, default=64, help="held-out examples")
-    parser.add_argument("--max-length", type=int, default=64, help="tokens per example (prompt and answer)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens per greedy generation")
+    parser.add_argument("--max-length", type=int, default=80,
+                        help="tokens per example: the chat prompt (36 tokens) and the answer")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens per greedy generation")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=16)
     parser.add_argument("--quant-block-size", type=int, default=QUANT_BLOCK_SIZE,
