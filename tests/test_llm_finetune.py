@@ -21,7 +21,7 @@ from mindpet import load_delta, load_delta_checkpoint, save_delta
 
 TINY = dict(vocab_size=48, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
             max_position=32)
-BATCH, LENGTH, STEPS = 4, 12, 6
+BATCH, LENGTH, STEPS = 4, 12, 8
 # A learning rate per method that moves the tiny model within STEPS steps.
 TINY_LRS = {"full": 1e-2, "lora": 1e-1, "qlora": 1e-1, "ia3": 1e-1, "prompt_tuning": 1e-1, "ptuning": 3e-2,
             "prefix": 3e-2, "ptuning2": 1e-1}
@@ -41,8 +41,12 @@ def _tiny_base(weights=None):
 
 @pytest.fixture(scope="module")
 def base_weights():
-    ms.set_seed(1)
-    return {name: param.asnumpy().copy() for name, param in _tiny_base().parameters_and_names()}
+    """Random weights of a larger scale than the model's initializer (0.02), whose tiny logits would leave the
+    delta methods little gradient to learn from in a few steps; the RMSNorm weights stay ones."""
+    rng = np.random.default_rng(1)
+    return {name: param.asnumpy() if "layernorm" in name or name == "model.norm.weight"
+            else rng.normal(0.0, 0.3, param.shape).astype(np.float32)
+            for name, param in _tiny_base().parameters_and_names()}
 
 
 def _tiny_examples(rows):
@@ -129,9 +133,12 @@ def test_method_trains_saves_and_reloads(method, base_weights, tmp_path, graph_m
               if not param.requires_grad}
     assert (method == "full") == (not frozen)
     examples = _tiny_examples(BATCH * STEPS)
-    checkpoint, timer = train(model, examples, TINY_LRS[method], STEPS, BATCH, seed=0,
-                              output_dir=str(tmp_path / "ckpt"), prefix=method)
-    assert len(timer.losses) == STEPS and timer.losses[-1] < 0.9 * timer.losses[0]
+    probe = examples.select(slice(0, BATCH))
+    loss_before = -np.mean(token_log_likelihoods(logits_of(model, probe.input_ids), probe.labels))
+    checkpoint, _ = train(model, examples, TINY_LRS[method], STEPS, BATCH, seed=0, output_dir=str(tmp_path / "ckpt"),
+                          prefix=method)
+    trained_logits = logits_of(model, probe.input_ids)
+    assert -np.mean(token_log_likelihoods(trained_logits, probe.labels)) < 0.9 * loss_before
     for name, param in model.parameters_and_names():
         if name in frozen:
             np.testing.assert_array_equal(param.asnumpy(), frozen[name], err_msg=name)
@@ -141,10 +148,7 @@ def test_method_trains_saves_and_reloads(method, base_weights, tmp_path, graph_m
         load_delta_checkpoint(fresh, saved)
     else:
         load_delta(fresh, saved)
-    probe = examples.input_ids[:BATCH]
-    trained_logits = logits_of(model, probe)
-    assert not np.array_equal(trained_logits, logits_of(_tiny_base(base_weights), probe))
-    np.testing.assert_array_equal(logits_of(fresh, probe), trained_logits)
+    np.testing.assert_array_equal(logits_of(fresh, probe.input_ids), trained_logits)
 
 
 def test_greedy_continuations_match_step_by_step_argmax(base_weights):
