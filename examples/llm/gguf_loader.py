@@ -88,6 +88,11 @@ def _required(reader, key):
     return value
 
 
+def _stored_float(value):
+    """A float32 metadata value as the decimal it was written from (the file's 9.9999997e-06 is 1e-05)."""
+    return float(str(np.float32(value)))
+
+
 def config_from_gguf(reader, max_position=None):
     """The :class:`LlamaConfig` described by a GGUF file's ``llama.*`` metadata.
 
@@ -114,8 +119,8 @@ def config_from_gguf(reader, max_position=None):
         num_heads=int(_required(reader, "llama.attention.head_count")),
         num_kv_heads=int(field_value(reader, "llama.attention.head_count_kv",
                                      _required(reader, "llama.attention.head_count"))),
-        rope_theta=float(field_value(reader, "llama.rope.freq_base", 10000.0)),
-        rms_norm_eps=float(_required(reader, "llama.attention.layer_norm_rms_epsilon")),
+        rope_theta=_stored_float(field_value(reader, "llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=_stored_float(_required(reader, "llama.attention.layer_norm_rms_epsilon")),
         tie_word_embeddings="output.weight" not in names,
         max_position=context_length if max_position is None else min(max_position, context_length))
 
@@ -179,44 +184,33 @@ def _listed(names):
     return shown if len(names) <= MAX_LISTED else f"{shown} and {len(names) - MAX_LISTED} more"
 
 
-def read_gguf_tensors(reader, config):
-    """Every tensor of the file, dequantized to float32 NumPy, keyed by the model's parameter names.
+def model_weights(tensors, config):
+    """The model's float32 weights, keyed by parameter name, from tensors keyed by GGUF name (:func:`file_tensors`).
 
     The q and k rows are converted with :func:`unpermute_rotary_rows`.
 
     Raises:
-        ValueError: naming every tensor the model needs that the file lacks, every tensor of the file the model has
-            no place for, and every tensor of the wrong shape (expected and found), in one message.
+        ValueError: naming every tensor the model needs that is absent, every tensor the model has no place for, and
+            every tensor of the wrong shape (found and expected), in one message.
     """
     expected = expected_tensors(config)
-    found = {tensor.name: tensor for tensor in reader.tensors}
-    missing = set(expected) - set(found)
-    unexpected = set(found) - set(expected)
-    misshapen = []
+    missing = set(expected) - set(tensors)
+    unexpected = set(tensors) - set(expected)
+    misshapen = [f"{name} {tuple(tensors[name].shape)} (expected {expected[name][1]})"
+                 for name in sorted(set(expected) & set(tensors)) if tuple(tensors[name].shape) != expected[name][1]]
+    problems = [f"{kind} {len(names)}: {_listed(names)}"
+                for kind, names in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
+                if names]
+    if problems:
+        raise ValueError(f"The GGUF tensors do not match a Llama of {config}: " + "; ".join(problems) + ".")
     weights = {}
-    for gguf_name in sorted(set(expected) & set(found)):
-        tensor = found[gguf_name]
-        param_name, shape = expected[gguf_name]
-        # GGUF lists dimensions fastest first; the dequantized array is (out, in).
-        file_shape = tuple(int(dim) for dim in reversed(tensor.shape.tolist()))
-        if file_shape != shape:
-            misshapen.append(f"{gguf_name} {file_shape} (expected {shape})")
-            continue
-        values = dequantized(tensor)
+    for gguf_name, (param_name, _) in expected.items():
+        values = np.asarray(tensors[gguf_name], np.float32)
         if gguf_name.endswith("attn_q.weight"):
             values = unpermute_rotary_rows(values, config.num_heads)
         elif gguf_name.endswith("attn_k.weight"):
             values = unpermute_rotary_rows(values, config.num_kv_heads)
         weights[param_name] = values
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {_listed(unexpected)}")
-    if misshapen:
-        problems.append(f"misshapen {len(misshapen)}: {_listed(misshapen)}")
-    if problems:
-        raise ValueError(f"The GGUF tensors do not match a Llama of {config}: " + "; ".join(problems) + ".")
     return weights
 
 
@@ -258,7 +252,7 @@ def load_gguf(path, max_position=None):
     """
     reader = open_gguf(path)
     config = config_from_gguf(reader, max_position)
-    weights = read_gguf_tensors(reader, config)
+    weights = model_weights(file_tensors(reader), config)
     tokenizer = ChatTokenizer.from_gguf(reader)
     model = LlamaForCausalLM(config)
     load_weights(model, weights)
