@@ -14,6 +14,7 @@ import mindspore as ms
 import llm.data
 from llm.data import IGNORE_INDEX, MINILM_HELD_OUT, encode_examples, review_split, token_log_likelihoods
 from llm.finetune import DEFAULT_LRS, parse_args
+from llm.generate import generate
 from llm.methods import METHODS, apply_method
 from llm.model import LlamaConfig, LlamaForCausalLM
 from llm.training import CausalLMWithLoss, greedy_continuations, logits_of, train
@@ -151,20 +152,20 @@ def test_method_trains_saves_and_reloads(method, base_weights, tmp_path, graph_m
     np.testing.assert_array_equal(logits_of(fresh, probe.input_ids), trained_logits)
 
 
-def test_greedy_continuations_match_step_by_step_argmax(base_weights):
+def test_greedy_continuations_match_cached_generation(base_weights):
+    """The batched greedy answers of the evaluation graph equal llm.generate's, one prompt at a time with the KV
+    cache."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         model = _tiny_base(base_weights)
         prompts = [[1, 4, 9], [1, 3, 5, 7, 11]]
-        continuations = greedy_continuations(model, prompts, end_id=47, max_new_tokens=4, length=10, batch_size=3)
+        stop = {47, 30}
+        continuations = greedy_continuations(model, prompts, stop, max_new_tokens=5, length=10, batch_size=3,
+                                             pad_id=0)
         for prompt, continuation in zip(prompts, continuations):
-            tokens = list(prompt)
-            for _ in range(4):
-                tokens.append(int(logits_of(model, np.array([tokens], np.int32))[0, -1].argmax()))
-            assert continuation == tokens[len(prompt):][:len(continuation)]
-            assert len(continuation) == 4 or tokens[len(prompt) + len(continuation)] == 47
-        with pytest.raises(ValueError, match="'length' >= 9"):
-            greedy_continuations(model, prompts, end_id=47, max_new_tokens=4, length=8, batch_size=3)
+            assert continuation == generate(model, prompt, max_new_tokens=5, stop=stop)
+        with pytest.raises(ValueError, match="'length' >= 10"):
+            greedy_continuations(model, prompts, stop, max_new_tokens=5, length=9, batch_size=3, pad_id=0)
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
 

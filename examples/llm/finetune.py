@@ -32,6 +32,7 @@ if __package__ in (None, ""):
 
 from bert.finetune import add_memory_options, add_run_options, finish_run, start_run  # noqa: E402
 from llm.data import INSTRUCTIONS, encode_examples, review_split  # noqa: E402
+from llm.generate import stop_ids  # noqa: E402
 from llm.gguf_loader import load_smollm2  # noqa: E402
 from llm.methods import METHODS, PROMPT_INIT_TEXT, QUANT_BLOCK_SIZE, apply_method  # noqa: E402
 from llm.training import greedy_continuations, held_out_loss, logits_of, train  # noqa: E402
@@ -103,11 +104,12 @@ def review_examples(tokenizer, reviews, max_length):
 
 
 def generations(model, tokenizer, args):
-    """Greedy answers to the requests of :data:`llm.data.INSTRUCTIONS`, as ``{instruction: text}``."""
+    """Greedy answers to the requests of :data:`llm.data.INSTRUCTIONS`, as ``{instruction: text}``; they end at
+    ``<|im_end|>`` or ``<|endoftext|>``, as ``llm.generate.chat`` ends them."""
     instructions = [INSTRUCTIONS[1], INSTRUCTIONS[0]]
-    answers = greedy_continuations(model, [tokenizer.chat_ids(text) for text in instructions],
-                                   tokenizer.eos_token_id, args.max_new_tokens, args.max_length,
-                                   args.eval_batch_size)
+    answers = greedy_continuations(model, [tokenizer.chat_ids(text) for text in instructions], stop_ids(tokenizer),
+                                   args.max_new_tokens, args.max_length, args.eval_batch_size,
+                                   tokenizer.pad_token_id)
     return {text: tokenizer.decode(answer) for text, answer in zip(instructions, answers)}
 
 

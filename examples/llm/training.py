@@ -121,12 +121,23 @@ def held_out_loss(net, examples, batch_size):
     return loss, math.exp(loss)
 
 
-def greedy_continuations(net, prompts, end_id, max_new_tokens, length, batch_size):
+def greedy_continuations(net, prompts, stop, max_new_tokens, length, batch_size, pad_id):
     """Greedy continuations of token-id prompts, computed in batches of the evaluation shape.
 
-    Every step runs a right-padded ``(batch_size, length)`` batch, the shape :func:`held_out_loss` compiles, and
-    reads the logits at each prompt's last position; the causal mask keeps the padding out of them. Missing rows
-    repeat the first prompt. A continuation stops at `end_id` (not included) or after `max_new_tokens`.
+    The same answers as ``llm.generate.generate`` gives greedily, without its two extra compiled graphs (the KV
+    cache's prefill and decode step): every step reruns a right-padded ``(batch_size, length)`` batch, the shape
+    :func:`held_out_loss` has already compiled, and reads the logits at each prompt's last position; the causal
+    mask keeps the padding out of them. Missing rows repeat the first prompt. A continuation ends before a token of
+    `stop` or after `max_new_tokens`.
+
+    Args:
+        net (mindspore.nn.Cell): The causal language model.
+        prompts (list[list[int]]): At most `batch_size` prompts.
+        stop (Iterable[int]): The ids that end an answer (``llm.generate.stop_ids``); not returned.
+        max_new_tokens (int): The most tokens per answer.
+        length (int): The batch's sequence length.
+        batch_size (int): The batch's rows.
+        pad_id (int): The id that fills the rows after each prompt.
 
     Returns:
         list[list[int]], the new token ids of each prompt.
@@ -142,8 +153,9 @@ def greedy_continuations(net, prompts, end_id, max_new_tokens, length, batch_siz
     if len(prompts) > batch_size:
         raise ValueError(f"For 'greedy_continuations', the argument 'batch_size' must be at least the number of "
                          f"prompts ({len(prompts)}), but got {batch_size}.")
+    stop = frozenset(stop)
     rows = list(prompts) + [prompts[0]] * (batch_size - len(prompts))
-    tokens = np.full((batch_size, length), end_id, np.int32)
+    tokens = np.full((batch_size, length), pad_id, np.int32)
     ends = np.array([len(prompt) for prompt in rows])
     for row, prompt in enumerate(rows):
         tokens[row, :len(prompt)] = prompt
@@ -152,7 +164,7 @@ def greedy_continuations(net, prompts, end_id, max_new_tokens, length, batch_siz
     for _ in range(max_new_tokens):
         next_ids = logits_of(net, tokens)[np.arange(batch_size), ends - 1].argmax(axis=-1)
         for row in np.flatnonzero(running):
-            if next_ids[row] == end_id:
+            if int(next_ids[row]) in stop:
                 running[row] = False
             else:
                 continuations[row].append(int(next_ids[row]))
