@@ -74,7 +74,6 @@ def parse_args(argv=None):
     return args
 
 
-
 def build_model(method, args, tokenizer=None):
     """SmolLM2-135M-Instruct with its weights, `method` applied and the rest frozen.
 
@@ -139,7 +138,6 @@ def check_reload(method, args, tokenizer, saved_path, probe, logits, result):
     if difference > RELOAD_TOLERANCE:
         raise RuntimeError(f"The reloaded delta does not reproduce the trained model's logits (largest difference "
                            f"{difference:.2e}, allowed {RELOAD_TOLERANCE:.0e}).")
-
 
 
 def main(argv=None):

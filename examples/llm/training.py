@@ -12,9 +12,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 from mindspore.dataset import NumpySlicesDataset
-from mindspore.train import Callback, CheckpointConfig, LossMonitor, Model
+from mindspore.train import CheckpointConfig, LossMonitor, Model
 
-from bert.finetune import warmup_linear_decay
+from bert.finetune import StepTimer, warmup_linear_decay
 from llm.data import IGNORE_INDEX, token_log_likelihoods
 from mindpet import TrainableParamsCheckPoint
 
@@ -41,20 +41,15 @@ class CausalLMWithLoss(nn.Cell):
         return self.cross_entropy(logits.reshape((-1, logits.shape[-1])), labels.reshape((-1,)))
 
 
-class StepTimer(Callback):
-    """Wall time of every training step and its loss; the first step includes graph compilation."""
+class StepTimerWithLoss(StepTimer):
+    """The wall time of every training step (the first includes graph compilation) and its loss."""
 
     def __init__(self):
         super().__init__()
-        self.step_seconds = []
         self.losses = []
-        self._start = None
-
-    def on_train_step_begin(self, run_context):
-        self._start = time.perf_counter()
 
     def on_train_step_end(self, run_context):
-        self.step_seconds.append(time.perf_counter() - self._start)
+        super().on_train_step_end(run_context)
         self.losses.append(float(np.mean(run_context.original_args().net_outputs.asnumpy())))
 
 
@@ -74,7 +69,7 @@ def train(net, examples, lr, steps, batch_size, seed, output_dir, prefix, print_
         print_every (int): Steps between loss lines. Default: 10.
 
     Returns:
-        tuple of the checkpoint path and the :class:`StepTimer` (step times and losses).
+        tuple of the checkpoint path and the :class:`StepTimerWithLoss` (step times and losses).
 
     Raises:
         ValueError: If `examples` holds fewer than ``steps * batch_size`` examples.
@@ -90,7 +85,7 @@ def train(net, examples, lr, steps, batch_size, seed, output_dir, prefix, print_
     os.makedirs(output_dir, exist_ok=True)
     saver = TrainableParamsCheckPoint(prefix=prefix, directory=output_dir,
                                       config=CheckpointConfig(save_checkpoint_steps=steps, keep_checkpoint_max=1))
-    timer = StepTimer()
+    timer = StepTimerWithLoss()
     model.train(1, dataset, callbacks=[saver, LossMonitor(per_print_times=print_every), timer],
                 dataset_sink_mode=False)
     return saver.latest_ckpt_file_name, timer
