@@ -66,7 +66,7 @@ def test_encode_examples_masks_prompt_and_padding():
     examples = encode_examples([("a b", 1), ("c d e f g h", 0)], prompts,
                                lambda text: [20 + ord(c) - ord("a") for c in text.split()], end_ids=[2],
                                max_length=8, pad_id=0)
-    # Row 0: prompt 1 9, answer 20 21 2, then padding; row 1: prompt 1 7 8, answer cut after 5 of its tokens.
+    # Row 0: prompt 1 9, answer 20 21 2, then padding; row 1: prompt 1 7 8, the answer cut before its end token 2.
     assert examples.input_ids.tolist() == [[1, 9, 20, 21, 0, 0, 0, 0], [1, 7, 8, 22, 23, 24, 25, 26]]
     assert examples.labels.tolist() == [[IGNORE_INDEX, 20, 21, 2] + [IGNORE_INDEX] * 4,
                                         [IGNORE_INDEX, IGNORE_INDEX, 22, 23, 24, 25, 26, 27]]
