@@ -12,6 +12,7 @@ import pytest
 import mindspore as ms
 
 import llm.data
+import llm.summarize as summarize
 from llm.data import IGNORE_INDEX, MINILM_HELD_OUT, encode_examples, review_split, token_log_likelihoods
 from llm.finetune import DEFAULT_LRS, parse_args
 from llm.generate import generate
@@ -175,3 +176,28 @@ def test_module_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
+
+
+def _run_record(method, loss_after):
+    return {"method": method, "lr": 1e-3, "trainable_params": 10, "trainable_percent": 0.5, "loss_before": 4.0,
+            "loss_after": loss_after, "perplexity_before": float(np.exp(4.0)),
+            "perplexity_after": float(np.exp(loss_after)), "step_median_seconds": 1.5, "first_step_seconds": 40.0,
+            "peak_rss_mb": 8192.0, "delta_bytes": 2e6, "run_minutes": 5.0, "steps": 60, "batch_size": 4,
+            "max_length": 80, "eval_answer_tokens": 100, "num_eval": 8, "reload_max_abs_logit_diff": 0.0,
+            "generations_before": {"Write a positive movie review.": "It was | fine."},
+            "generations_after": {"Write a positive movie review.": "Great\nfun."}}
+
+
+def test_summary_shows_each_methods_last_run_in_order(tmp_path):
+    text = summarize.summary([_run_record("ia3", 3.5), _run_record("lora", 3.9), _run_record("ia3", 3.0)])
+    rows = [line for line in text.splitlines() if line.startswith("| lora") or line.startswith("| ia3")]
+    assert rows[0].startswith("| lora |") and "4.000 → 3.900" in rows[0]
+    assert rows[1].startswith("| ia3 |") and "4.000 → 3.000" in rows[1] and "| 8.0 |" in rows[1]
+    assert '"It was \\| fine." | "Great fun."' in text
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{summarize.START_MARKER}\nold\n{summarize.END_MARKER}\nend\n", encoding="utf-8")
+    summarize.write_into(str(page), text)
+    assert page.read_text(encoding="utf-8") == f"intro\n{summarize.START_MARKER}\n{text}\n{summarize.END_MARKER}\nend\n"
+    page.write_text("no markers", encoding="utf-8")
+    with pytest.raises(ValueError, match="must hold the lines"):
+        summarize.write_into(str(page), text)

@@ -35,15 +35,17 @@ def last_runs(runs):
 
 
 def results_table(runs):
-    lines = ["| method | trainable params | trainable % | held-out loss before → after | perplexity before → after "
-             "| median step (s) | first step, with compilation (s) | peak RSS (GB) | whole run (min) |",
-             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| method | peak lr | trainable params | trainable % | held-out loss before → after "
+             "| perplexity before → after | median step (s) | first step, with compilation (s) | peak RSS (GB) "
+             "| saved delta (MB) | whole run (min) |",
+             "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
-        lines.append(f"| {run['method']} | {run['trainable_params']:,} | {run['trainable_percent']:.3g}% "
+        lines.append(f"| {run['method']} | {run['lr']:g} | {run['trainable_params']:,} "
+                     f"| {run['trainable_percent']:.3g}% "
                      f"| {run['loss_before']:.3f} → {run['loss_after']:.3f} "
                      f"| {run['perplexity_before']:.1f} → {run['perplexity_after']:.1f} "
                      f"| {run['step_median_seconds']:.2f} | {run['first_step_seconds']:.0f} "
-                     f"| {run['peak_rss_mb'] / 1024:.1f} | {run['run_minutes']:.1f} |")
+                     f"| {run['peak_rss_mb'] / 1024:.1f} | {run['delta_bytes'] / 1e6:.1f} | {run['run_minutes']:.1f} |")
     return "\n".join(lines)
 
 
