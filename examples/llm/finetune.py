@@ -39,9 +39,9 @@ from llm.training import greedy_continuations, held_out_loss, logits_of, train  
 from mindpet import load_delta, load_delta_checkpoint, save_delta, trainable_summary  # noqa: E402
 
 # Peak learning rates, one per method, set before the runs from the methods' usual ranges for short budgets (not
-# tuned on the held-out set).
+# tuned on the held-out set). Prefix tuning's first rate, 1e-2, diverged (docs/llm.md); it was run again at 1e-3.
 DEFAULT_LRS = {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3, "ia3": 1e-2, "prompt_tuning": 3e-2, "ptuning": 3e-3,
-               "prefix": 1e-2, "ptuning2": 1e-2}
+               "prefix": 1e-3, "ptuning2": 1e-2}
 # The largest difference of held-out logits allowed between the trained model and the reloaded delta.
 RELOAD_TOLERANCE = 1e-4
 
