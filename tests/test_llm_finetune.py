@@ -192,7 +192,7 @@ def test_summary_shows_each_methods_last_run_in_order(tmp_path):
     text = summarize.summary([_run_record("ia3", 3.5), _run_record("lora", 3.9), _run_record("ia3", 3.0)])
     rows = [line for line in text.splitlines() if line.startswith("| lora") or line.startswith("| ia3")]
     assert rows[0].startswith("| lora |") and "4.000 → 3.900" in rows[0]
-    assert rows[1].startswith("| ia3 |") and "4.000 → 3.000" in rows[1] and "| 8.0 |" in rows[1]
+    assert rows[1].startswith("| ia3 |") and "4.000 → 3.000" in rows[1] and "| 8.0 | 2 |" in rows[1]
     assert '"It was \\| fine." | "Great fun."' in text
     page = tmp_path / "page.md"
     page.write_text(f"intro\n{summarize.START_MARKER}\nold\n{summarize.END_MARKER}\nend\n", encoding="utf-8")

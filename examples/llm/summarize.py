@@ -45,7 +45,7 @@ def results_table(runs):
                      f"| {run['loss_before']:.3f} → {run['loss_after']:.3f} "
                      f"| {run['perplexity_before']:.1f} → {run['perplexity_after']:.1f} "
                      f"| {run['step_median_seconds']:.2f} | {run['first_step_seconds']:.0f} "
-                     f"| {run['peak_rss_mb'] / 1024:.1f} | {run['delta_bytes'] / 1e6:.1f} | {run['run_minutes']:.1f} |")
+                     f"| {run['peak_rss_mb'] / 1024:.1f} | {run['delta_bytes'] / 1e6:.3g} | {run['run_minutes']:.1f} |")
     return "\n".join(lines)
 
 
