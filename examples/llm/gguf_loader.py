@@ -16,7 +16,6 @@ loader names all missing, unexpected and misshapen tensors in one ``ValueError``
 """
 import importlib.util
 import os
-import time
 
 import numpy as np
 import mindspore as ms
@@ -254,7 +253,7 @@ def load_gguf(path, max_position=None):
     config = config_from_gguf(reader, max_position)
     weights = model_weights(file_tensors(reader), config)
     tokenizer = ChatTokenizer.from_gguf(reader)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config, random_init=False)
     load_weights(model, weights)
     model.set_train(False)
     return model, tokenizer, config
@@ -274,8 +273,3 @@ def load_smollm2(path=None, max_position=2048):
     """
     return load_gguf(smollm2_path() if path is None else path, max_position)
 
-
-if __name__ == "__main__":
-    START = time.perf_counter()
-    MODEL, TOKENIZER, CONFIG = load_smollm2()
-    print(f"loaded {CONFIG} in {time.perf_counter() - START:.1f} s")

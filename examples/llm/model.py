@@ -153,14 +153,13 @@ def _rotate(x, cos, sin):
 class LlamaAttention(nn.Cell):
     """Causal grouped-query attention with rotary embeddings, optional key/value prefixes and a fixed-size cache."""
 
-    def __init__(self, config):
+    def __init__(self, config, init):
         super().__init__()
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.group_size = config.num_heads // config.num_kv_heads
         self.scale = self.head_dim ** -0.5
-        init = Normal(INIT_STDDEV)
         hidden, kv_width = config.hidden_size, config.num_kv_heads * config.head_dim
         self.q_proj = nn.Dense(hidden, hidden, weight_init=init, has_bias=False)
         self.k_proj = nn.Dense(hidden, kv_width, weight_init=init, has_bias=False)
@@ -208,9 +207,8 @@ class LlamaAttention(nn.Cell):
 class LlamaMLP(nn.Cell):
     """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
 
-    def __init__(self, config):
+    def __init__(self, config, init):
         super().__init__()
-        init = Normal(INIT_STDDEV)
         self.gate_proj = nn.Dense(config.hidden_size, config.intermediate_size, weight_init=init, has_bias=False)
         self.up_proj = nn.Dense(config.hidden_size, config.intermediate_size, weight_init=init, has_bias=False)
         self.down_proj = nn.Dense(config.intermediate_size, config.hidden_size, weight_init=init, has_bias=False)
@@ -223,12 +221,12 @@ class LlamaMLP(nn.Cell):
 class LlamaDecoderLayer(nn.Cell):
     """Pre-norm block: ``x + self_attn(input_layernorm(x))``, then ``h + mlp(post_attention_layernorm(h))``."""
 
-    def __init__(self, config):
+    def __init__(self, config, init):
         super().__init__()
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = LlamaAttention(config, init)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        self.mlp = LlamaMLP(config, init)
 
     def construct(self, hidden, cos, sin, mask, layer_prefix=None, key_cache=None, value_cache=None,
                   write_slots=None):
@@ -241,11 +239,11 @@ class LlamaDecoderLayer(nn.Cell):
 class LlamaModel(nn.Cell):
     """Embeddings, decoder layers and the final norm, with the virtual-token and P-Tuning v2 hooks."""
 
-    def __init__(self, config):
+    def __init__(self, config, init):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, embedding_table=Normal(INIT_STDDEV))
-        self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(config.num_layers)])
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, embedding_table=init)
+        self.layers = nn.CellList([LlamaDecoderLayer(config, init) for _ in range(config.num_layers)])
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         cos, sin = rotary_tables(config)
         self.rope_cos = Tensor(cos)
@@ -254,6 +252,11 @@ class LlamaModel(nn.Cell):
         self.prefix_encoder = None
 
     def construct(self, input_ids, attention_mask=None, key_caches=None, value_caches=None, cache_position=None):
+        if key_caches is not None and attention_mask is not None:
+            raise ValueError("For 'LlamaForCausalLM', 'attention_mask' is not used with key/value caches (the cache "
+                             "is causal and generates one sequence at a time); pass None.")
+        if key_caches is None and cache_position is not None:
+            raise ValueError("For 'LlamaForCausalLM', 'cache_position' needs 'key_caches' and 'value_caches'.")
         batch, seq_length = input_ids.shape
         hidden = self.embed_tokens(input_ids)
         starts_sequence = cache_position is None
@@ -330,6 +333,8 @@ class LlamaForCausalLM(nn.Cell):
 
     Args:
         config (LlamaConfig): The model's shape.
+        random_init (bool): draw the weights from N(0, 0.02^2); ``False`` starts them at zero, which is much faster
+            when a checkpoint fills them anyway (the loader does this). Default: ``True``.
 
     Inputs:
         - **input_ids** (Tensor) - int32 token ids, shape :math:`(batch, seq)`.
@@ -340,17 +345,21 @@ class LlamaForCausalLM(nn.Cell):
         - **cache_position** (Tensor, optional) - int32 scalar: the position of the first token of `input_ids` when
           it continues a cached sequence. Default: ``None`` (the tokens start the sequence).
 
+    Raises:
+        ValueError: If `attention_mask` comes with caches, or `cache_position` without them (when the call is
+            traced, so at compile time in GRAPH mode).
+
     Outputs:
         float32 logits :math:`(batch, seq, vocab\\_size)`; with caches, the tuple ``(logits, key_caches,
         value_caches)`` holding the updated caches.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, random_init=True):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
-        self.lm_head = nn.Dense(config.hidden_size, config.vocab_size, weight_init=Normal(INIT_STDDEV),
-                                has_bias=False)
+        init = Normal(INIT_STDDEV) if random_init else "zeros"
+        self.model = LlamaModel(config, init)
+        self.lm_head = nn.Dense(config.hidden_size, config.vocab_size, weight_init=init, has_bias=False)
         if config.tie_word_embeddings:
             # One Parameter in two cells: the embedding and the head stay equal through training and loading.
             self.lm_head.weight = self.model.embed_tokens.embedding_table
