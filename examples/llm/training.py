@@ -6,7 +6,6 @@ hold :data:`llm.data.IGNORE_INDEX` and count for nothing.
 """
 import math
 import os
-import time
 
 import numpy as np
 import mindspore as ms
