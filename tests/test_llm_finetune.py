@@ -15,10 +15,10 @@ import llm.data
 import llm.summarize as summarize
 from llm.data import IGNORE_INDEX, MINILM_HELD_OUT, encode_examples, review_split, token_log_likelihoods
 from llm.finetune import DEFAULT_LRS, parse_args
-from llm.generate import generate
+from llm.generate import continue_without_cache, generate
 from llm.methods import METHODS, apply_method
 from llm.model import LlamaConfig, LlamaForCausalLM
-from llm.training import CausalLMWithLoss, greedy_continuations, logits_of, train
+from llm.training import CausalLMWithLoss, logits_of, train
 from mindpet import load_delta, load_delta_checkpoint, save_delta
 
 TINY = dict(vocab_size=48, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -153,20 +153,19 @@ def test_method_trains_saves_and_reloads(method, base_weights, tmp_path, graph_m
     np.testing.assert_array_equal(logits_of(fresh, probe.input_ids), trained_logits)
 
 
-def test_greedy_continuations_match_cached_generation(base_weights):
-    """The batched greedy answers of the evaluation graph equal llm.generate's, one prompt at a time with the KV
-    cache."""
+def test_batched_continuations_match_cached_generation(base_weights):
+    """The batched uncached greedy answers (through one evaluation-shaped graph) equal llm.generate's, one prompt at
+    a time with the KV cache."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         model = _tiny_base(base_weights)
         prompts = [[1, 4, 9], [1, 3, 5, 7, 11]]
         stop = {47, 30}
-        continuations = greedy_continuations(model, prompts, stop, max_new_tokens=5, length=10, batch_size=3,
-                                             pad_id=0)
+        continuations = continue_without_cache(model, prompts, max_new_tokens=5, length=10, batch_size=3, stop=stop)
         for prompt, continuation in zip(prompts, continuations):
             assert continuation == generate(model, prompt, max_new_tokens=5, stop=stop)
         with pytest.raises(ValueError, match="'length' >= 10"):
-            greedy_continuations(model, prompts, stop, max_new_tokens=5, length=9, batch_size=3, pad_id=0)
+            continue_without_cache(model, prompts, max_new_tokens=5, length=9, batch_size=3, stop=stop)
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
 

@@ -32,10 +32,10 @@ if __package__ in (None, ""):
 
 from bert.finetune import add_memory_options, add_run_options, finish_run, start_run  # noqa: E402
 from llm.data import INSTRUCTIONS, encode_examples, review_split  # noqa: E402
-from llm.generate import stop_ids  # noqa: E402
+from llm.generate import continue_without_cache, stop_ids  # noqa: E402
 from llm.gguf_loader import load_smollm2  # noqa: E402
 from llm.methods import METHODS, PROMPT_INIT_TEXT, QUANT_BLOCK_SIZE, apply_method  # noqa: E402
-from llm.training import greedy_continuations, held_out_loss, logits_of, train  # noqa: E402
+from llm.training import held_out_loss, logits_of, train  # noqa: E402
 from mindpet import load_delta, load_delta_checkpoint, save_delta, trainable_summary  # noqa: E402
 
 # Peak learning rates, one per method, set before the runs from the methods' usual ranges for short budgets (not
@@ -106,9 +106,9 @@ def generations(model, tokenizer, args):
     """Greedy answers to the requests of :data:`llm.data.INSTRUCTIONS`, as ``{instruction: text}``; they end at
     ``<|im_end|>`` or ``<|endoftext|>``, as ``llm.generate.chat`` ends them."""
     instructions = [INSTRUCTIONS[1], INSTRUCTIONS[0]]
-    answers = greedy_continuations(model, [tokenizer.chat_ids(text) for text in instructions], stop_ids(tokenizer),
-                                   args.max_new_tokens, args.max_length, args.eval_batch_size,
-                                   tokenizer.pad_token_id)
+    # One batch of the evaluation's shape: its compiled graph serves, and the KV cache's two graphs are not built.
+    answers = continue_without_cache(model, [tokenizer.chat_ids(text) for text in instructions], args.max_new_tokens,
+                                     args.max_length, args.eval_batch_size, stop=stop_ids(tokenizer))
     return {text: tokenizer.decode(answer) for text, answer in zip(instructions, answers)}
 
 

@@ -151,30 +151,26 @@ def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_c
             positions than the model's ``max_position``.
     """
     prompt_ids = [int(token) for token in prompt_ids]
+    _check_request(model, prompt_ids, max_new_tokens)
+    num_virtual, max_position = model.num_virtual_tokens, model.config.max_position
+    if not use_cache:
+        buffer_length = min(_round_up(len(prompt_ids) + max_new_tokens, prefill_bucket), max_position - num_virtual)
+        return continue_without_cache(model, [prompt_ids], max_new_tokens, buffer_length, 1, sampling, stop,
+                                      step_seconds)[0]
     chooser = TokenChooser(sampling or SamplingOptions())
     stop = frozenset(stop)
     model.set_train(False)
-    _check_request(model, prompt_ids, max_new_tokens)
-    num_virtual, max_position = model.num_virtual_tokens, model.config.max_position
     started = time.perf_counter()
-    if use_cache:
-        cache_length = min(_round_up(num_virtual + _round_up(len(prompt_ids), prefill_bucket) + max_new_tokens,
-                                     CACHE_GRANULE), max_position)
-        prompt_length = min(_round_up(len(prompt_ids), prefill_bucket), cache_length - num_virtual)
-        key_caches, value_caches = model.empty_cache(1, cache_length)
-        padded = prompt_ids + [PAD_ID] * (prompt_length - len(prompt_ids))
-        logits, key_caches, value_caches = model(ms.Tensor([padded], ms.int32), None, key_caches, value_caches)
-        next_logits = logits.asnumpy()[0, len(prompt_ids) - 1]
-        position = num_virtual + len(prompt_ids)
-    else:
-        buffer_length = min(_round_up(len(prompt_ids) + max_new_tokens, prefill_bucket), max_position - num_virtual)
-        sequence = list(prompt_ids)
-        next_logits = None
+    cache_length = min(_round_up(num_virtual + _round_up(len(prompt_ids), prefill_bucket) + max_new_tokens,
+                                 CACHE_GRANULE), max_position)
+    prompt_length = min(_round_up(len(prompt_ids), prefill_bucket), cache_length - num_virtual)
+    key_caches, value_caches = model.empty_cache(1, cache_length)
+    padded = prompt_ids + [PAD_ID] * (prompt_length - len(prompt_ids))
+    logits, key_caches, value_caches = model(ms.Tensor([padded], ms.int32), None, key_caches, value_caches)
+    next_logits = logits.asnumpy()[0, len(prompt_ids) - 1]
+    position = num_virtual + len(prompt_ids)
     generated = []
     for _ in range(max_new_tokens):
-        if not use_cache:
-            padded = sequence + [PAD_ID] * (buffer_length - len(sequence))
-            next_logits = model(ms.Tensor([padded], ms.int32)).asnumpy()[0, len(sequence) - 1]
         token = chooser(next_logits)
         if step_seconds is not None:
             step_seconds.append(time.perf_counter() - started)
@@ -184,15 +180,74 @@ def generate(model, prompt_ids, max_new_tokens=64, sampling=None, stop=(), use_c
         generated.append(token)
         if len(generated) == max_new_tokens:
             break
-        if use_cache:
-            logits, key_caches, value_caches = model(
-                ms.Tensor([[token]], ms.int32), None, ms.mutable(key_caches), ms.mutable(value_caches),
-                ms.Tensor(position, ms.int32))
-            next_logits = logits.asnumpy()[0, 0]
-            position += 1
-        else:
-            sequence.append(token)
+        logits, key_caches, value_caches = model(
+            ms.Tensor([[token]], ms.int32), None, ms.mutable(key_caches), ms.mutable(value_caches),
+            ms.Tensor(position, ms.int32))
+        next_logits = logits.asnumpy()[0, 0]
+        position += 1
     return generated
+
+
+def continue_without_cache(model, prompts, max_new_tokens, length, batch_size, sampling=None, stop=(),
+                           step_seconds=None):
+    """Continue several prompts at once, rerunning one right-padded ``(batch_size, length)`` batch for every token.
+
+    The batch's shape never changes, so one compiled graph serves every step, and a model that has already compiled
+    that shape (an evaluation batch, say) compiles nothing new. The logits are read at each prompt's last position;
+    the causal mask keeps the padding out of them. Rows beyond the prompts repeat the first one. This is what
+    :func:`generate` does with ``use_cache=False``, for one prompt; sampled rows draw from one generator in row order.
+
+    Args:
+        model (LlamaForCausalLM): the model; it is put in inference mode.
+        prompts (list[list[int]]): at most `batch_size` prompts of token ids.
+        max_new_tokens (int): the most tokens per answer.
+        length (int): the batch's sequence length.
+        batch_size (int): the batch's rows.
+        sampling (SamplingOptions, optional): how to choose tokens. Default: greedy.
+        stop (Iterable[int]): ids that end an answer; not returned. Default: none.
+        step_seconds (list, optional): if given, the seconds each step took are appended to it. Default: ``None``.
+
+    Returns:
+        list[list[int]]: the new token ids of each prompt.
+
+    Raises:
+        ValueError: If a prompt plus `max_new_tokens` does not fit in `length`, or there are more prompts than
+            `batch_size`.
+    """
+    longest = max(len(prompt) for prompt in prompts)
+    if longest + max_new_tokens > length:
+        raise ValueError(f"For 'continue_without_cache', prompts of up to {longest} tokens and {max_new_tokens} new "
+                         f"tokens need 'length' >= {longest + max_new_tokens}, but got {length}.")
+    if len(prompts) > batch_size:
+        raise ValueError(f"For 'continue_without_cache', the argument 'batch_size' must be at least the number of "
+                         f"prompts ({len(prompts)}), but got {batch_size}.")
+    chooser = TokenChooser(sampling or SamplingOptions())
+    stop = frozenset(stop)
+    model.set_train(False)
+    rows = list(prompts) + [prompts[0]] * (batch_size - len(prompts))
+    tokens = np.full((batch_size, length), PAD_ID, np.int32)
+    ends = np.array([len(prompt) for prompt in rows])
+    for row, prompt in enumerate(rows):
+        tokens[row, :len(prompt)] = prompt
+    continuations = [[] for _ in prompts]
+    running = np.ones(len(prompts), bool)
+    started = time.perf_counter()
+    for _ in range(max_new_tokens):
+        last_logits = model(ms.Tensor(tokens)).asnumpy()[np.arange(batch_size), ends - 1]
+        for row in np.flatnonzero(running):
+            token = chooser(last_logits[row])
+            if token in stop:
+                running[row] = False
+            else:
+                continuations[row].append(token)
+                tokens[row, ends[row]] = token
+                ends[row] += 1
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+        if not running.any():
+            break
+    return continuations
 
 
 def chat(model, tokenizer, prompt, max_new_tokens=64, sampling=None, use_cache=True):
